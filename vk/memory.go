@@ -1,0 +1,294 @@
+package vk
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"unsafe"
+
+	vulkan "github.com/vulkan-go/vulkan"
+)
+
+// blockBytes is the size of the device-memory blocks small buffers are
+// sub-allocated from; a request over half of it gets a block of its own.
+const blockBytes = 64 << 20
+
+// allocAlign aligns every sub-allocation; it is at least any device's
+// minStorageBufferOffsetAlignment, so a segment can be bound at its offset.
+const allocAlign = 256
+
+// allocator sub-allocates device-local memory: first fit from a free list per
+// block, neighbours merged on release. Each block is one VkDeviceMemory with
+// one VkBuffer over all of it, so a descriptor binds (block buffer, offset).
+type allocator struct {
+	dev      *Device
+	memType  uint32
+	heapSize int64
+
+	mu     sync.Mutex
+	blocks []*block
+	inUse  int64
+}
+
+type block struct {
+	mem       vulkan.DeviceMemory
+	buf       vulkan.Buffer
+	size      int64
+	free      []span // sorted by offset, never adjacent
+	dedicated bool
+}
+
+type span struct{ off, size int64 }
+
+func newAllocator(d *Device) (*allocator, error) {
+	a := &allocator{dev: d}
+	// Learn the memory types a storage buffer may live in from a probe buffer.
+	buf, req, err := a.createBuffer(allocAlign)
+	if err != nil {
+		return nil, err
+	}
+	vulkan.DestroyBuffer(d.handle, buf, nil)
+	t, heap, ok := findMemoryType(d.physical, req.MemoryTypeBits, vulkan.MemoryPropertyDeviceLocalBit)
+	if !ok {
+		t, heap, ok = findMemoryType(d.physical, req.MemoryTypeBits, 0)
+	}
+	if !ok {
+		return nil, fmt.Errorf("no memory type holds storage buffers")
+	}
+	a.memType, a.heapSize = t, heap
+	return a, nil
+}
+
+func (a *allocator) createBuffer(size int64) (vulkan.Buffer, vulkan.MemoryRequirements, error) {
+	var buf vulkan.Buffer
+	usage := vulkan.BufferUsageStorageBufferBit | vulkan.BufferUsageTransferSrcBit | vulkan.BufferUsageTransferDstBit
+	if r := vulkan.CreateBuffer(a.dev.handle, &vulkan.BufferCreateInfo{
+		SType:       vulkan.StructureTypeBufferCreateInfo,
+		Size:        vulkan.DeviceSize(size),
+		Usage:       vulkan.BufferUsageFlags(usage),
+		SharingMode: vulkan.SharingModeExclusive,
+	}, nil, &buf); r != vulkan.Success {
+		return nil, vulkan.MemoryRequirements{}, fmt.Errorf("create buffer of %s: %w", FormatBytes(size), resultError(r))
+	}
+	var req vulkan.MemoryRequirements
+	vulkan.GetBufferMemoryRequirements(a.dev.handle, buf, &req)
+	req.Deref()
+	return buf, req, nil
+}
+
+// findMemoryType returns the first allowed memory type with all of want, and
+// the size of its heap.
+func findMemoryType(pd vulkan.PhysicalDevice, allowed uint32, want vulkan.MemoryPropertyFlagBits) (uint32, int64, bool) {
+	var mp vulkan.PhysicalDeviceMemoryProperties
+	vulkan.GetPhysicalDeviceMemoryProperties(pd, &mp)
+	mp.Deref()
+	for i := uint32(0); i < mp.MemoryTypeCount; i++ {
+		mt := mp.MemoryTypes[i]
+		mt.Deref()
+		if allowed&(1<<i) != 0 && vulkan.MemoryPropertyFlagBits(mt.PropertyFlags)&want == want {
+			h := mp.MemoryHeaps[mt.HeapIndex]
+			h.Deref()
+			return i, int64(h.Size), true
+		}
+	}
+	return 0, 0, false
+}
+
+// newBlock allocates a block of at least size bytes in memory type memType.
+func (a *allocator) newBlock(size int64, memType uint32) (*block, error) {
+	buf, req, err := a.createBuffer(size)
+	if err != nil {
+		return nil, err
+	}
+	var mem vulkan.DeviceMemory
+	r := vulkan.AllocateMemory(a.dev.handle, &vulkan.MemoryAllocateInfo{
+		SType:           vulkan.StructureTypeMemoryAllocateInfo,
+		AllocationSize:  req.Size,
+		MemoryTypeIndex: memType,
+	}, nil, &mem)
+	if r != vulkan.Success {
+		vulkan.DestroyBuffer(a.dev.handle, buf, nil)
+		if r == vulkan.ErrorOutOfDeviceMemory || r == vulkan.ErrorOutOfHostMemory {
+			return nil, a.oom(size)
+		}
+		return nil, fmt.Errorf("allocate %s of device memory: %w", FormatBytes(size), resultError(r))
+	}
+	if r := vulkan.BindBufferMemory(a.dev.handle, buf, mem, 0); r != vulkan.Success {
+		vulkan.DestroyBuffer(a.dev.handle, buf, nil)
+		vulkan.FreeMemory(a.dev.handle, mem, nil)
+		return nil, fmt.Errorf("bind buffer memory: %w", resultError(r))
+	}
+	return &block{mem: mem, buf: buf, size: size, free: []span{{0, size}}}, nil
+}
+
+func (a *allocator) oom(size int64) error {
+	return &OutOfMemoryError{Device: a.dev.Info.Name, Requested: size, InUse: a.inUse, Budget: a.heapSize}
+}
+
+// alloc returns size bytes (rounded up to allocAlign) from some block.
+func (a *allocator) alloc(size int64) (*block, int64, error) {
+	size = alignUp(size, allocAlign)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inUse+size > a.heapSize {
+		return nil, 0, a.oom(size)
+	}
+	if size > blockBytes/2 {
+		b, err := a.newBlock(size, a.memType)
+		if err != nil {
+			return nil, 0, err
+		}
+		b.dedicated, b.free = true, nil
+		a.blocks = append(a.blocks, b)
+		a.inUse += size
+		return b, 0, nil
+	}
+	for _, b := range a.blocks {
+		if off, ok := b.take(size); ok {
+			a.inUse += size
+			return b, off, nil
+		}
+	}
+	b, err := a.newBlock(blockBytes, a.memType)
+	if err != nil {
+		return nil, 0, err
+	}
+	a.blocks = append(a.blocks, b)
+	off, _ := b.take(size)
+	a.inUse += size
+	return b, off, nil
+}
+
+// release returns a range obtained from alloc. Dedicated blocks are freed at
+// once; shared blocks stay for reuse until Trim.
+func (a *allocator) release(b *block, off, size int64) {
+	size = alignUp(size, allocAlign)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.inUse -= size
+	if b.dedicated {
+		a.destroyBlock(b)
+		return
+	}
+	b.give(off, size)
+}
+
+func (a *allocator) destroyBlock(b *block) {
+	for i, x := range a.blocks {
+		if x == b {
+			a.blocks = append(a.blocks[:i], a.blocks[i+1:]...)
+			break
+		}
+	}
+	vulkan.DestroyBuffer(a.dev.handle, b.buf, nil)
+	vulkan.FreeMemory(a.dev.handle, b.mem, nil)
+}
+
+// trim frees the shared blocks that hold nothing.
+func (a *allocator) trim() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, b := range append([]*block(nil), a.blocks...) {
+		if !b.dedicated && len(b.free) == 1 && b.free[0].size == b.size {
+			a.destroyBlock(b)
+		}
+	}
+}
+
+func (a *allocator) close() {
+	for _, b := range append([]*block(nil), a.blocks...) {
+		a.destroyBlock(b)
+	}
+}
+
+// take carves size bytes from the first free span that holds them.
+func (b *block) take(size int64) (int64, bool) {
+	for i, s := range b.free {
+		if s.size >= size {
+			if s.size == size {
+				b.free = append(b.free[:i], b.free[i+1:]...)
+			} else {
+				b.free[i] = span{s.off + size, s.size - size}
+			}
+			return s.off, true
+		}
+	}
+	return 0, false
+}
+
+// give returns a span to the free list, merging it with its neighbours.
+func (b *block) give(off, size int64) {
+	i := sort.Search(len(b.free), func(i int) bool { return b.free[i].off > off })
+	b.free = append(b.free, span{})
+	copy(b.free[i+1:], b.free[i:])
+	b.free[i] = span{off, size}
+	if i+1 < len(b.free) && b.free[i].off+b.free[i].size == b.free[i+1].off {
+		b.free[i].size += b.free[i+1].size
+		b.free = append(b.free[:i+1], b.free[i+2:]...)
+	}
+	if i > 0 && b.free[i-1].off+b.free[i-1].size == b.free[i].off {
+		b.free[i-1].size += b.free[i].size
+		b.free = append(b.free[:i], b.free[i+1:]...)
+	}
+}
+
+func alignUp(n, a int64) int64 { return (n + a - 1) / a * a }
+
+// MemoryInUse returns the bytes of device memory held by live buffers.
+func (d *Device) MemoryInUse() int64 {
+	d.mem.mu.Lock()
+	defer d.mem.mu.Unlock()
+	return d.mem.inUse
+}
+
+// Trim returns the memory of empty sub-allocation blocks to the driver.
+func (d *Device) Trim() { d.mem.trim() }
+
+// hostBuffer is host-visible, coherent memory mapped for the whole of its
+// life: the staging area of uploads and downloads.
+type hostBuffer struct {
+	mem  vulkan.DeviceMemory
+	buf  vulkan.Buffer
+	size int64
+	ptr  unsafe.Pointer
+}
+
+func (d *Device) newHostBuffer(size int64) (*hostBuffer, error) {
+	a := d.mem
+	buf, req, err := a.createBuffer(size)
+	if err != nil {
+		return nil, err
+	}
+	want := vulkan.MemoryPropertyHostVisibleBit | vulkan.MemoryPropertyHostCoherentBit
+	t, _, ok := findMemoryType(d.physical, req.MemoryTypeBits, want|vulkan.MemoryPropertyHostCachedBit)
+	if !ok {
+		t, _, ok = findMemoryType(d.physical, req.MemoryTypeBits, want)
+	}
+	if !ok {
+		vulkan.DestroyBuffer(d.handle, buf, nil)
+		return nil, fmt.Errorf("no host-visible coherent memory for staging")
+	}
+	vulkan.DestroyBuffer(d.handle, buf, nil)
+	b, err := a.newBlock(size, t)
+	if err != nil {
+		return nil, err
+	}
+	h := &hostBuffer{mem: b.mem, buf: b.buf, size: size}
+	var ptr unsafe.Pointer
+	if r := vulkan.MapMemory(d.handle, b.mem, 0, vulkan.DeviceSize(size), 0, &ptr); r != vulkan.Success {
+		h.free(d)
+		return nil, fmt.Errorf("map staging memory: %w", resultError(r))
+	}
+	h.ptr = ptr
+	return h, nil
+}
+
+func (h *hostBuffer) bytes() []byte { return unsafe.Slice((*byte)(h.ptr), h.size) }
+
+func (h *hostBuffer) free(d *Device) {
+	if h.ptr != nil {
+		vulkan.UnmapMemory(d.handle, h.mem)
+	}
+	vulkan.DestroyBuffer(d.handle, h.buf, nil)
+	vulkan.FreeMemory(d.handle, h.mem, nil)
+}
