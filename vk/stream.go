@@ -379,3 +379,6 @@ func (s *Stream) Close() {
 		vulkan.DestroyCommandPool(h, s.pool, nil)
 	}
 }
+
+// Device returns the device the stream records for.
+func (s *Stream) Device() *Device { return s.dev }

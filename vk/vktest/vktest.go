@@ -92,3 +92,32 @@ func Open(t testing.TB, index, slot int) *vk.Device {
 	devs[key] = d
 	return d
 }
+
+// SplitDevice returns a logical device of the test device's physical device
+// whose buffers are split into segments of at most limit bytes, as
+// E2MCVK_MAX_BUFFER_BYTES=limit would: kernels run their segment-crossing
+// path on it.
+func SplitDevice(t testing.TB, limit int64) *vk.Device {
+	t.Helper()
+	base := Device(t)
+	in := Instance(t)
+	mu.Lock()
+	defer mu.Unlock()
+	key := -int(limit)
+	if d, ok := devs[key]; ok {
+		return d
+	}
+	old, had := os.LookupEnv("E2MCVK_MAX_BUFFER_BYTES")
+	os.Setenv("E2MCVK_MAX_BUFFER_BYTES", strconv.FormatInt(limit, 10))
+	d, err := in.Open(base.Info.Index)
+	if had {
+		os.Setenv("E2MCVK_MAX_BUFFER_BYTES", old)
+	} else {
+		os.Unsetenv("E2MCVK_MAX_BUFFER_BYTES")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs[key] = d
+	return d
+}

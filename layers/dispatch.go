@@ -1,0 +1,136 @@
+package layers
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/e2mcvk/e2mcvk/vk"
+)
+
+// push builds a push-constant block: 32-bit values in declaration order,
+// matching a GLSL `layout(push_constant)` block of uint/int/float members.
+type push []byte
+
+func (p push) u32(vs ...uint32) push {
+	for _, v := range vs {
+		p = binary.LittleEndian.AppendUint32(p, v)
+	}
+	return p
+}
+
+func (p push) i32(vs ...int) push {
+	for _, v := range vs {
+		p = binary.LittleEndian.AppendUint32(p, uint32(int32(v)))
+	}
+	return p
+}
+
+func (p push) f32(vs ...float32) push {
+	for _, v := range vs {
+		p = binary.LittleEndian.AppendUint32(p, math.Float32bits(v))
+	}
+	return p
+}
+
+// maxGroupsX is the workgroup count per dimension every device supports.
+const maxGroupsX = 65535
+
+// grid spreads n workgroups over x and y so that neither exceeds what every
+// device allows; kernels recover the linear index with group_index() of
+// shaders/include/common.glsl and ignore the surplus of the last row.
+func grid(n int) [3]uint32 {
+	if n <= maxGroupsX {
+		return [3]uint32{uint32(n), 1, 1}
+	}
+	y := (n + maxGroupsX - 1) / maxGroupsX
+	x := (n + y - 1) / y
+	return [3]uint32{uint32(x), uint32(y), 1}
+}
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+// launch is the one way ops record a kernel: look up the pipeline of shader
+// name with its specialization constants and dispatch it.
+func launch(s *vk.Stream, name string, spec []uint32, groups [3]uint32, p push, args ...vk.Arg) error {
+	k, err := s.Device().Kernel(name, spec...)
+	if err != nil {
+		return err
+	}
+	return s.Dispatch(k, groups, p, args...)
+}
+
+// box is a block of an op's iteration space, [lo[i], hi[i]) per dimension.
+type box struct{ lo, hi [3]int }
+
+func (b box) size(i int) int { return b.hi[i] - b.lo[i] }
+
+// split cuts b into pieces that fits accepts, halving the longest dimension
+// of a piece that it refuses. This is how every op crosses buffer segments:
+// fits reports whether each operand's elements for a piece lie in one segment.
+func split(b box, fits func(box) bool) ([]box, error) {
+	if fits(b) {
+		return []box{b}, nil
+	}
+	d := 0
+	for i := 1; i < 3; i++ {
+		if b.size(i) > b.size(d) {
+			d = i
+		}
+	}
+	if b.size(d) <= 1 {
+		return nil, fmt.Errorf("a single element of the op does not fit one buffer segment")
+	}
+	mid := b.lo[d] + b.size(d)/2
+	lo, hi := b, b
+	lo.hi[d], hi.lo[d] = mid, mid
+	a, err := split(lo, fits)
+	if err != nil {
+		return nil, err
+	}
+	c, err := split(hi, fits)
+	return append(a, c...), err
+}
+
+// operand is a contiguous tensor taking part in an elementwise op.
+type operand struct {
+	t     *Tensor
+	write bool
+}
+
+// elementwise runs fn for each piece [lo, lo+n) of n elements in which every
+// operand lies inside one buffer segment, with the operands' bindings and
+// their element offsets within the bound segments. Kernels of this shape take
+// push constants {n, off0, off1, ..., params...}.
+func elementwise(total int, ops []operand, fn func(n int, args []vk.Arg, offs []uint32) error) error {
+	for _, o := range ops {
+		if !o.t.Contiguous() {
+			return fmt.Errorf("elementwise op on a strided view %v: make it contiguous first", o.t.shape)
+		}
+		if o.t.Len() != total {
+			return fmt.Errorf("elementwise op: tensor %v has %d elements, want %d", o.t.shape, o.t.Len(), total)
+		}
+	}
+	pieces, err := split(box{hi: [3]int{total, 1, 1}}, func(b box) bool {
+		for _, o := range ops {
+			if _, _, ok := o.t.locate(b.lo[0], b.size(0), o.write); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	args := make([]vk.Arg, len(ops))
+	offs := make([]uint32, len(ops))
+	for _, p := range pieces {
+		for i, o := range ops {
+			args[i], offs[i], _ = o.t.locate(p.lo[0], p.size(0), o.write)
+		}
+		if err := fn(p.size(0), args, offs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
