@@ -165,8 +165,7 @@ func (d *Device) Synchronize() error {
 }
 
 // close releases everything the device owns; the Instance calls it.
-func (d *Device) close() error {
-	var err error
+func (d *Device) close() {
 	d.closeOnce.Do(func() {
 		if d.handle == nil {
 			return
@@ -179,7 +178,7 @@ func (d *Device) close() error {
 			d.staging.free(d)
 		}
 		if d.pipes != nil {
-			err = d.pipes.close()
+			d.pipes.close()
 		}
 		if d.mem != nil {
 			d.mem.close()
@@ -193,5 +192,4 @@ func (d *Device) close() error {
 		vulkan.DestroyDevice(d.handle, nil)
 		d.handle = nil
 	})
-	return err
 }

@@ -191,22 +191,18 @@ func (in *Instance) Open(index int) (*Device, error) {
 }
 
 // Close closes every device opened from the instance, then the instance.
-func (in *Instance) Close() error {
+func (in *Instance) Close() {
 	in.mu.Lock()
 	opened := in.opened
 	in.opened = nil
 	in.mu.Unlock()
-	var firstErr error
 	for _, d := range opened {
-		if err := d.close(); err != nil && firstErr == nil {
-			firstErr = err
-		}
+		d.close()
 	}
 	if in.c != nil {
 		in.c.destroy()
 		in.c = nil
 	}
-	return firstErr
 }
 
 // DeviceIndexError reports a device index that does not exist.

@@ -2,11 +2,9 @@ package vk
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"unsafe"
 
@@ -146,14 +144,13 @@ func (p *pipelineCache) build(name, key string, spec []uint32) (*Kernel, error) 
 	return k, nil
 }
 
-// close saves the pipeline cache (atomically, if anything was built) and
-// destroys every kernel.
-func (p *pipelineCache) close() error {
+// close saves the pipeline cache (if anything was built) and destroys every
+// kernel.
+func (p *pipelineCache) close() {
 	h := p.dev.handle
-	var err error
 	if p.cache != vulkan.NullPipelineCache {
 		if p.dirty && p.path != "" {
-			err = p.save()
+			p.save()
 		}
 		vulkan.DestroyPipelineCache(h, p.cache, nil)
 	}
@@ -162,36 +159,30 @@ func (p *pipelineCache) close() error {
 		vulkan.DestroyShaderModule(h, k.module, nil)
 	}
 	p.kernels = nil
-	return err
 }
 
-func (p *pipelineCache) save() error {
+// save writes the driver's cache data atomically (temporary file, rename).
+// It is best effort: an unwritable cache directory only costs compile time
+// on the next run.
+func (p *pipelineCache) save() {
 	var n uint
 	if r := vulkan.GetPipelineCacheData(p.dev.handle, p.cache, &n, nil); r != vulkan.Success || n == 0 {
-		return nil
+		return
 	}
 	data := make([]byte, n)
 	if r := vulkan.GetPipelineCacheData(p.dev.handle, p.cache, &n, unsafe.Pointer(&data[0])); r != vulkan.Success {
-		return nil
+		return
 	}
-	if err := os.MkdirAll(filepath.Dir(p.path), 0o755); err != nil {
-		return nil // a read-only home only costs compile time
+	dir := filepath.Dir(p.path)
+	if os.MkdirAll(dir, 0o755) != nil {
+		return
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p.path), ".pipelines-*")
+	tmp, err := os.CreateTemp(dir, ".pipelines-*")
 	if err != nil {
-		return nil
+		return
 	}
 	_, werr := tmp.Write(data[:n])
-	cerr := tmp.Close()
-	if werr != nil || cerr != nil {
+	if cerr := tmp.Close(); werr != nil || cerr != nil || os.Rename(tmp.Name(), p.path) != nil {
 		os.Remove(tmp.Name())
-		return nil
 	}
-	if err := os.Rename(tmp.Name(), p.path); err != nil {
-		os.Remove(tmp.Name())
-		if !errors.Is(err, os.ErrPermission) && !strings.Contains(err.Error(), "read-only") {
-			return fmt.Errorf("save pipeline cache: %w", err)
-		}
-	}
-	return nil
 }

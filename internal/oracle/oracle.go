@@ -1,0 +1,47 @@
+// Package oracle runs the reference implementations the tests compare with:
+// Debian's Python 3 with numpy, scipy and PyTorch (DESIGN.md section 5).
+package oracle
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// Python returns the path of a Python interpreter that imports every one of
+// modules. Debian's /usr/bin/python3 comes first: the python3 first on PATH
+// may be another interpreter without Debian's packages. When none is found
+// the test is skipped, or fails under CI, where tools/setup.sh installs them.
+func Python(t testing.TB, modules ...string) string {
+	t.Helper()
+	check := "import " + strings.Join(modules, ", ")
+	for _, py := range []string{"/usr/bin/python3", "python3"} {
+		path, err := exec.LookPath(py)
+		if err != nil {
+			continue
+		}
+		if exec.Command(path, "-c", check).Run() == nil {
+			return path
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("no python3 with %s in CI: tools/setup.sh installs them", strings.Join(modules, ", "))
+	}
+	t.Skipf("no python3 with %s: run tools/setup.sh", strings.Join(modules, ", "))
+	return ""
+}
+
+// Run runs a Python script with args and returns its standard output,
+// failing the test with the script's standard error on error.
+func Run(t testing.TB, python, script string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(python, append([]string{"-c", script}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("python: %v\n%s", err, stderr.String())
+	}
+	return out
+}
