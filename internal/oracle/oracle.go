@@ -45,3 +45,17 @@ func Run(t testing.TB, python, script string, args ...string) []byte {
 	}
 	return out
 }
+
+// RunFile runs the Python script at path with args and returns its standard
+// output, failing the test with the script's standard error on error.
+func RunFile(t testing.TB, python, path string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(python, append([]string{path}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("python %s: %v\n%s", path, err, stderr.String())
+	}
+	return out
+}
