@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"sort"
+
+	"gonum.org/v1/gonum/mat"
 )
 
 // Bound is the squashing applied to each embedding value before the entropy
@@ -158,47 +160,65 @@ func Reference(z []float64, n, d int, p Params, grads bool) (*Result, error) {
 		}
 	}
 
-	// C = XᵀX/(n-1); loss = sum_{j!=k} C_jk² / d.
-	cov := make([]float64, d*d)
-	for i := 0; i < n; i++ {
-		row := x[i*d : (i+1)*d]
-		for j := 0; j < d; j++ {
-			if row[j] == 0 {
-				continue
-			}
-			for k := 0; k < d; k++ {
-				cov[j*d+k] += row[j] * row[k]
-			}
-		}
-	}
-	for j := range cov {
-		cov[j] /= float64(n - 1)
-	}
-	for j := 0; j < d; j++ {
-		for k := 0; k < d; k++ {
-			if j != k {
-				r.CovLoss += cov[j*d+k] * cov[j*d+k]
-			}
-		}
-	}
-	r.CovLoss /= float64(d)
-	if grads {
-		// dL/dX = 4/(d(n-1)) X offdiag(C); X is centred, so the centring
-		// passes it through unchanged.
-		c := 4 / (float64(d) * float64(n-1))
-		for i := 0; i < n; i++ {
-			for k := 0; k < d; k++ {
-				var g float64
-				for j := 0; j < d; j++ {
-					if j != k {
-						g += x[i*d+j] * cov[j*d+k]
-					}
-				}
-				r.GradCov[i*d+k] = c * g * dx[i*d+k]
-			}
-		}
-	}
+	covariance(r, x, dx, n, d, n <= d)
 	return r, nil
+}
+
+// covariance sets r.CovLoss = sum_{j!=k} C_jk² / d for C = XᵀX/(n-1) and, if
+// r has gradient slices, r.GradCov = 4/(d(n-1)) (XC - X diag(C)) ⊙ dx. With
+// gram it works through the n x n Gram matrix K = XXᵀ, which has the same
+// squared Frobenius norm (n-1)²||C||² and gives XC = KX/(n-1) in n²d
+// instead of d²n flops. X is centred, so the centring passes the gradient
+// through unchanged.
+func covariance(r *Result, x, dx []float64, n, d int, gram bool) {
+	X := mat.NewDense(n, d, x)
+	diag := make([]float64, d)
+	for i := 0; i < n; i++ {
+		for k, v := range x[i*d : (i+1)*d] {
+			diag[k] += v * v
+		}
+	}
+	var diagSq float64
+	for k := range diag {
+		diag[k] /= float64(n - 1)
+		diagSq += diag[k] * diag[k]
+	}
+	var M mat.Dense
+	if gram {
+		var K mat.Dense
+		K.Mul(X, X.T())
+		f := mat.Norm(&K, 2) / float64(n-1)
+		r.CovLoss = (f*f - diagSq) / float64(d)
+		if r.GradCov != nil {
+			M.Mul(&K, X)
+			M.Scale(1/float64(n-1), &M)
+		}
+	} else {
+		var C mat.Dense
+		C.Mul(X.T(), X)
+		C.Scale(1/float64(n-1), &C)
+		var off float64
+		for j := 0; j < d; j++ {
+			for k := 0; k < d; k++ {
+				if j != k {
+					off += C.At(j, k) * C.At(j, k)
+				}
+			}
+		}
+		r.CovLoss = off / float64(d)
+		if r.GradCov != nil {
+			M.Mul(X, &C)
+		}
+	}
+	if r.GradCov == nil {
+		return
+	}
+	c := 4 / (float64(d) * float64(n-1))
+	for i := 0; i < n; i++ {
+		for k := 0; k < d; k++ {
+			r.GradCov[i*d+k] = c * (M.At(i, k) - x[i*d+k]*diag[k]) * dx[i*d+k]
+		}
+	}
 }
 
 // Coefficients weigh the two terms of the criterion.

@@ -108,3 +108,29 @@ func TestReferenceBadInput(t *testing.T) {
 		t.Error("wrong length: no error")
 	}
 }
+
+// TestReferenceCovariancePaths checks that the Gram-matrix path and the
+// covariance-matrix path give the same loss and gradient.
+func TestReferenceCovariancePaths(t *testing.T) {
+	for _, sh := range [][2]int{{9, 4}, {6, 11}, {13, 13}} {
+		n, d := sh[0], sh[1]
+		x := columns(5, n, d)
+		dx := make([]float64, n*d)
+		for i := range dx {
+			dx[i] = 1 + float64(i%3)
+		}
+		var r [2]Result
+		for i, gram := range []bool{false, true} {
+			r[i].GradCov = make([]float64, n*d)
+			covariance(&r[i], x, dx, n, d, gram)
+		}
+		if math.Abs(r[0].CovLoss-r[1].CovLoss) > 1e-12*math.Abs(r[0].CovLoss) {
+			t.Errorf("%dx%d: cov loss %v (covariance) vs %v (Gram)", n, d, r[0].CovLoss, r[1].CovLoss)
+		}
+		for i := range r[0].GradCov {
+			if math.Abs(r[0].GradCov[i]-r[1].GradCov[i]) > 1e-12 {
+				t.Fatalf("%dx%d: gradient %d: %v vs %v", n, d, i, r[0].GradCov[i], r[1].GradCov[i])
+			}
+		}
+	}
+}

@@ -8,38 +8,53 @@ import (
 	"github.com/e2mcvk/e2mcvk/vk"
 )
 
-// push builds a push-constant block: 32-bit values in declaration order,
+// Push builds a push-constant block: 32-bit values in declaration order,
 // matching a GLSL `layout(push_constant)` block of uint/int/float members.
-type push []byte
+type Push []byte
 
-func (p push) u32(vs ...uint32) push {
+// U32 appends unsigned values.
+func (p Push) U32(vs ...uint32) Push {
 	for _, v := range vs {
 		p = binary.LittleEndian.AppendUint32(p, v)
 	}
 	return p
 }
 
-func (p push) i32(vs ...int) push {
+// I32 appends signed values.
+func (p Push) I32(vs ...int) Push {
 	for _, v := range vs {
 		p = binary.LittleEndian.AppendUint32(p, uint32(int32(v)))
 	}
 	return p
 }
 
-func (p push) f32(vs ...float32) push {
+// F32 appends float values.
+func (p Push) F32(vs ...float32) Push {
 	for _, v := range vs {
 		p = binary.LittleEndian.AppendUint32(p, math.Float32bits(v))
 	}
 	return p
 }
 
+// TODO(lead): the lower-case names below are kept until the kernels written
+// against them are moved to the exported ones.
+type push = Push
+
+func (p Push) u32(vs ...uint32) Push  { return p.U32(vs...) }
+func (p Push) i32(vs ...int) Push     { return p.I32(vs...) }
+func (p Push) f32(vs ...float32) Push { return p.F32(vs...) }
+func grid(n int) [3]uint32            { return Grid(n) }
+func launch(s *vk.Stream, name string, spec []uint32, groups [3]uint32, p Push, args ...vk.Arg) error {
+	return Launch(s, name, spec, groups, p, args...)
+}
+
 // maxGroupsX is the workgroup count per dimension every device supports.
 const maxGroupsX = 65535
 
-// grid spreads n workgroups over x and y so that neither exceeds what every
+// Grid spreads n workgroups over x and y so that neither exceeds what every
 // device allows; kernels recover the linear index with group_index() of
 // shaders/include/common.glsl and ignore the surplus of the last row.
-func grid(n int) [3]uint32 {
+func Grid(n int) [3]uint32 {
 	if n <= maxGroupsX {
 		return [3]uint32{uint32(n), 1, 1}
 	}
@@ -50,9 +65,10 @@ func grid(n int) [3]uint32 {
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
-// launch is the one way ops record a kernel: look up the pipeline of shader
-// name with its specialization constants and dispatch it.
-func launch(s *vk.Stream, name string, spec []uint32, groups [3]uint32, p push, args ...vk.Arg) error {
+// Launch is the one way kernels are recorded, here and in the packages above:
+// look up the pipeline of shader name with its specialization constants and
+// dispatch it over groups workgroups.
+func Launch(s *vk.Stream, name string, spec []uint32, groups [3]uint32, p Push, args ...vk.Arg) error {
 	k, err := s.Device().Kernel(name, spec...)
 	if err != nil {
 		return err
@@ -133,4 +149,20 @@ func elementwise(total int, ops []operand, fn func(n int, args []vk.Arg, offs []
 		}
 	}
 	return nil
+}
+
+// Bind binds the whole of a contiguous tensor for a kernel that cannot split
+// its work, returning the binding and the tensor's element offset within the
+// bound segment (for the kernel's push constants). It fails when the tensor
+// does not lie in one buffer segment.
+func Bind(t *Tensor, write bool) (vk.Arg, uint32, error) {
+	if !t.Contiguous() {
+		return vk.Arg{}, 0, fmt.Errorf("tensor %v is a strided view: make it contiguous first", t.shape)
+	}
+	arg, rel, ok := t.locate(0, t.Len(), write)
+	if !ok {
+		return vk.Arg{}, 0, fmt.Errorf("tensor %v (%s) does not fit one buffer binding of %s on %s",
+			t.shape, vk.FormatBytes(4*int64(t.Len())), vk.FormatBytes(t.Device().SegmentLimit()), t.Device().Info.Name)
+	}
+	return arg, rel, nil
 }
