@@ -1,5 +1,10 @@
 module github.com/e2mcvk/e2mcvk
 
-go 1.24
+go 1.24.0
 
-require github.com/vulkan-go/vulkan v0.0.0-20210402152248-956e3850d8f9
+require (
+	github.com/alecthomas/kong v1.17.0
+	github.com/vulkan-go/vulkan v0.0.0-20210402152248-956e3850d8f9
+)
+
+require gonum.org/v1/gonum v0.17.0 // indirect

@@ -22,6 +22,7 @@ type Instance struct {
 
 	mu     sync.Mutex
 	opened []*Device
+	closed int // validation messages counted up to Close
 }
 
 // DeviceInfo describes a physical device. The JSON names are the stable
@@ -171,7 +172,13 @@ func (in *Instance) Validating() bool { return in.validate }
 
 // ValidationMessages returns how many validation messages of warning severity
 // or worse were reported so far; it is always 0 without validation.
-func (in *Instance) ValidationMessages() int { return in.c.messages() }
+// After Close it stays readable and includes what destruction reported.
+func (in *Instance) ValidationMessages() int {
+	if in.c == nil {
+		return in.closed
+	}
+	return in.c.messages()
+}
 
 // Open creates a logical device on physical device index. Opening the same
 // index twice gives two independent logical devices on one physical device,
@@ -200,7 +207,7 @@ func (in *Instance) Close() {
 		d.close()
 	}
 	if in.c != nil {
-		in.c.destroy()
+		in.closed = in.c.destroy()
 		in.c = nil
 	}
 }

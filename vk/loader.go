@@ -198,6 +198,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -230,7 +231,7 @@ var loaderOnce = sync.OnceValue(func() error {
 		}
 		errs = append(errs, C.GoString(&buf[0]))
 	}
-	return fmt.Errorf("%w (%v)", ErrNoDriver, errs)
+	return fmt.Errorf("%w (%s)", ErrNoDriver, strings.Join(errs, "; "))
 })
 
 // cInstance is the C side of an Instance: the handle, the debug messenger and
@@ -282,9 +283,13 @@ func (ci *cInstance) messages() int {
 	return int(atomic.LoadInt32((*int32)(unsafe.Pointer(&ci.msgs.count))))
 }
 
-func (ci *cInstance) destroy() {
+// destroy destroys the instance and returns the final message count, which
+// includes what the layer reports while objects are destroyed (leaks).
+func (ci *cInstance) destroy() int {
 	C.e2_destroy_instance(ci.in)
+	n := ci.messages()
 	ci.free()
+	return n
 }
 
 func (ci *cInstance) free() {

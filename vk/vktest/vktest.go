@@ -34,11 +34,11 @@ func Main(m *testing.M) {
 	code := m.Run()
 	mu.Lock()
 	if inst != nil {
+		inst.Close()
 		if n := inst.ValidationMessages(); n > 0 {
 			fmt.Fprintf(os.Stderr, "FAIL: the Vulkan validation layer reported %d messages (above)\n", n)
 			code = 1
 		}
-		inst.Close()
 	}
 	mu.Unlock()
 	os.Exit(code)

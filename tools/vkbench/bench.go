@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/e2mcvk/e2mcvk/vk"
+)
+
+// benchCase is one row of the benchmark: one kernel at one shape. Each
+// cases_*.go file contributes the cases of one kernel family.
+type benchCase struct {
+	name  string  // kernel family, e.g. "gemm"
+	shape string  // dimensions, e.g. "1024x1024x1024"
+	flops float64 // floating-point operations of one run; 0 if not counted
+	bytes float64 // bytes read plus written by one run; 0 if not counted
+	// prepare allocates and initialises the operands on d. Its workload
+	// records one run of the kernel; it is recorded and run many times.
+	prepare func(ctx context.Context, d *vk.Device) (*workload, error)
+}
+
+// id is how --filter sees a case: "name/shape".
+func (c benchCase) id() string { return c.name + "/" + c.shape }
+
+// workload is a prepared case: its operands live on the device until release.
+type workload struct {
+	record  func(s *vk.Stream) error // records one run
+	release func()                   // frees the operands; may be nil
+}
+
+// result is one measured case; its JSON form is one line of `vkbench --json`
+// and the schema torch_bench.py writes too.
+type result struct {
+	Name    string  `json:"name"`
+	Shape   string  `json:"shape"`
+	Seconds float64 `json:"seconds"`          // median device time of one run
+	GFLOPS  float64 `json:"gflops,omitempty"` // 1e9 floating-point operations per second
+	GBps    float64 `json:"gbps,omitempty"`   // 1e9 bytes read plus written per second
+	Device  string  `json:"device"`
+	Driver  string  `json:"driver"`
+	Impl    string  `json:"impl"`    // "e2mcvk"
+	Timer   string  `json:"timer"`   // "gpu" (timestamp queries) or "host" (wall clock)
+	Repeats int     `json:"repeats"` // timed runs the median is taken over
+}
+
+// options are the measurement settings.
+type options struct {
+	warmup int // untimed runs first (pipeline builds, caches, clocks)
+	repeat int // timed runs; the median is reported
+}
+
+// measure prepares c on d and times it: opts.warmup untimed runs, then
+// opts.repeat runs, each in a submission of its own between two timestamps.
+// Devices without timestamp queries on their compute queue are timed with the
+// host clock around the submission, which includes its overhead.
+func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) (result, error) {
+	if opts.repeat < 1 {
+		return result{}, errors.New("repeat must be at least 1")
+	}
+	w, err := c.prepare(ctx, d)
+	if err != nil {
+		return result{}, err
+	}
+	if w.release != nil {
+		defer w.release()
+	}
+	s, err := d.NewStream()
+	if err != nil {
+		return result{}, err
+	}
+	defer s.Close()
+	timer := "gpu"
+	if s.EnableTimestamps() != nil {
+		timer = "host"
+	}
+	for range opts.warmup {
+		if err := w.record(s); err != nil {
+			return result{}, err
+		}
+		if err := s.Run(ctx); err != nil {
+			return result{}, fmt.Errorf("warm-up run: %w", err)
+		}
+	}
+	times := make([]float64, 0, opts.repeat)
+	for range opts.repeat {
+		sec, err := timeRun(ctx, s, w, timer == "gpu")
+		if err != nil {
+			return result{}, err
+		}
+		times = append(times, sec)
+	}
+	r := result{
+		Name:    c.name,
+		Shape:   c.shape,
+		Seconds: median(times),
+		Device:  d.Info.Name,
+		Driver:  driverString(d.Info),
+		Impl:    "e2mcvk",
+		Timer:   timer,
+		Repeats: opts.repeat,
+	}
+	if r.Seconds <= 0 {
+		return result{}, fmt.Errorf("timer reported %g s", r.Seconds)
+	}
+	if c.flops > 0 {
+		r.GFLOPS = c.flops / r.Seconds / 1e9
+	}
+	if c.bytes > 0 {
+		r.GBps = c.bytes / r.Seconds / 1e9
+	}
+	return r, nil
+}
+
+// timeRun records and runs one run of w, returning its duration.
+func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool) (float64, error) {
+	if gpu {
+		if err := s.Mark("start"); err != nil {
+			return 0, err
+		}
+	}
+	if err := w.record(s); err != nil {
+		return 0, err
+	}
+	if !gpu {
+		start := time.Now()
+		if err := s.Run(ctx); err != nil {
+			return 0, err
+		}
+		return time.Since(start).Seconds(), nil
+	}
+	if err := s.Mark("end"); err != nil {
+		return 0, err
+	}
+	if err := s.Run(ctx); err != nil {
+		return 0, err
+	}
+	t := s.Timings()
+	if len(t) != 1 {
+		return 0, fmt.Errorf("%d timings for one run, want 1", len(t))
+	}
+	return t[0].Seconds, nil
+}
+
+// median returns the median of xs (the mean of the middle two for an even
+// count); xs is reordered.
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	n := len(xs)
+	if n%2 == 1 {
+		return xs[n/2]
+	}
+	return (xs[n/2-1] + xs[n/2]) / 2
+}
+
+// driverString is the driver's name and version, e.g.
+// "llvmpipe Mesa 22.3.6 (LLVM 15.0.6)".
+func driverString(info vk.DeviceInfo) string {
+	if info.DriverVersion == "" {
+		return info.Driver
+	}
+	return info.Driver + " " + info.DriverVersion
+}
+
+// writeJSON writes r as one line of JSON.
+func writeJSON(w io.Writer, r result) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode result: %w", err)
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+// tableHeader and writeRow print the human-readable table one row at a time,
+// so that long runs show progress.
+const rowFormat = "%-8s %-18s %12s %10s %10s\n"
+
+func writeHeader(w io.Writer) {
+	fmt.Fprintf(w, rowFormat, "CASE", "SHAPE", "SECONDS", "GFLOP/S", "GB/S")
+}
+
+func writeRow(w io.Writer, r result) {
+	fmt.Fprintf(w, rowFormat, r.Name, r.Shape, fmt.Sprintf("%.6f", r.Seconds), figure(r.GFLOPS), figure(r.GBps))
+}
+
+func figure(v float64) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", v)
+}

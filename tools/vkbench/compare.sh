@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Runs vkbench and, where Debian's PyTorch is installed, torch_bench.py on the
+# same cases, and prints them side by side with the ratio e2mcvk / torch of
+# GFLOP/s (GB/s for bandwidth cases): above 1 means e2mcvk is faster.
+#
+# Usage: tools/vkbench/compare.sh [--device N] [--filter REGEX] [--repeat R]
+#                                 [--threads T] [--cuda]
+#   --device   Vulkan device index for vkbench (default 0)
+#   --filter   run only the cases whose name/shape matches REGEX (both sides)
+#   --repeat   timed runs per case, median reported (both sides; default 7)
+#   --threads  PyTorch CPU threads (default: the number of cores)
+#   --cuda     time PyTorch on CUDA instead of the CPU
+#
+# The exit status is vkbench's: non-zero when any e2mcvk case failed.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+python=/usr/bin/python3
+
+vk_args=(--json)
+torch_args=(--json)
+while (($#)); do
+  case "$1" in
+    --device | -d) vk_args+=(--device "$2"); shift 2 ;;
+    --filter | -f) vk_args+=(--filter "$2"); torch_args+=(--filter "$2"); shift 2 ;;
+    --repeat | -r) vk_args+=(--repeat "$2"); torch_args+=(--repeat "$2"); shift 2 ;;
+    --threads) torch_args+=(--threads "$2"); shift 2 ;;
+    --cuda) torch_args+=(--cuda); shift ;;
+    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+(cd "$root" && go build -o "$tmp/vkbench" ./tools/vkbench)
+list_args=(--list)
+for ((i = 0; i < ${#torch_args[@]}; i++)); do
+  if [ "${torch_args[i]}" = --filter ]; then list_args+=(--filter "${torch_args[i + 1]}"); fi
+done
+"$tmp/vkbench" "${list_args[@]}" >"$tmp/cases.txt"
+
+echo "== vkbench ${vk_args[*]}" >&2
+status=0
+"$tmp/vkbench" "${vk_args[@]}" >"$tmp/e2mcvk.jsonl" || status=$?
+
+if "$python" -c 'import torch' 2>/dev/null; then
+  echo "== torch_bench.py ${torch_args[*]}" >&2
+  "$python" "$here/torch_bench.py" "${torch_args[@]}" >"$tmp/torch.jsonl"
+else
+  echo "== PyTorch is not installed for $python (tools/setup.sh installs python3-torch): e2mcvk only" >&2
+  : >"$tmp/torch.jsonl"
+fi
+
+"$python" - "$tmp/cases.txt" "$tmp/e2mcvk.jsonl" "$tmp/torch.jsonl" <<'PY'
+import json, sys
+
+def load(path):
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                r = json.loads(line)
+                rows[(r["name"], r["shape"])] = r
+    return rows
+
+with open(sys.argv[1]) as f:
+    keys = [tuple(line.strip().split("/", 1)) for line in f if "/" in line]
+ours, theirs = load(sys.argv[2]), load(sys.argv[3])
+keys += [k for k in list(ours) + list(theirs) if k not in keys]
+
+def figure(r):
+    if r is None:
+        return None, ""
+    if r.get("gflops"):
+        return r["gflops"], "GFLOP/s"
+    if r.get("gbps"):
+        return r["gbps"], "GB/s"
+    return None, ""
+
+def describe(rows):
+    seen = sorted({"%s (%s; %s)" % (r.get("device"), r.get("impl"), r.get("driver")) for r in rows.values()})
+    return ", ".join(seen) or "none"
+
+print("e2mcvk: " + describe(ours))
+print("torch:  " + describe(theirs))
+print("%-6s %-18s %-8s %12s %12s %8s" % ("CASE", "SHAPE", "UNIT", "E2MCVK", "TORCH", "RATIO"))
+for k in keys:
+    a, unit_a = figure(ours.get(k))
+    b, unit_b = figure(theirs.get(k))
+    unit = unit_a or unit_b
+    ratio = "%.3f" % (a / b) if a and b else "-"
+    print("%-6s %-18s %-8s %12s %12s %8s" % (k[0], k[1], unit,
+          "%.2f" % a if a else "-", "%.2f" % b if b else "-", ratio))
+PY
+exit "$status"

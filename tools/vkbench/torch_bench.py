@@ -1,0 +1,149 @@
+#!/usr/bin/python3
+"""Times vkbench's cases with PyTorch, for comparison with e2mcvk's kernels.
+
+Run it with Debian's /usr/bin/python3 (python3-torch); compare.sh runs it
+beside `go run ./tools/vkbench` and prints the two side by side.
+
+Cases (the same names and shapes as tools/vkbench):
+  gemm  MxNxK   torch.mm(A[M,K], B[K,N], out=C), 2*M*N*K flops
+  copy  RxC     dst.copy_(src) of R*C float32, 2*4*R*C bytes (read + write)
+  fma           skipped: PyTorch has no peak-FMA microkernel; the largest
+                GEMM is its practical peak.
+
+Each case runs --warmup times untimed, then --repeat times; the median is
+reported. On the CPU the wall clock times each run (torch.set_num_threads is
+the number of cores unless --threads); with --cuda, CUDA events do. With
+--json each case is one JSON object per line, the schema of vkbench --json
+plus "impl": "torch-cpu" or "torch-cuda".
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+try:
+    import torch
+except ImportError:
+    sys.exit("torch_bench.py: PyTorch is not installed for %s; run it with "
+             "/usr/bin/python3 after tools/setup.sh (python3-torch)" % sys.executable)
+
+GEMM_SHAPES = [(256, 256, 256), (1024, 1024, 1024), (2048, 2048, 2048), (3136, 256, 64)]
+COPY_SHAPES = [(4096, 4096)]
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+class Timer:
+    """Times one call of fn on the chosen device."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __call__(self, fn):
+        if self.device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
+def cases(device):
+    """Yields (name, shape, flops, bytes, make) where make() returns the call."""
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return (torch.rand(*shape, generator=gen) * 2 - 1).to(device)
+
+    for m, n, k in GEMM_SHAPES:
+        def make(m=m, n=n, k=k):
+            a, b, c = rand(m, k), rand(k, n), torch.zeros(m, n, device=device)
+            return lambda: torch.mm(a, b, out=c)
+        yield "gemm", "%dx%dx%d" % (m, n, k), 2.0 * m * n * k, 0.0, make
+    for r, c in COPY_SHAPES:
+        def make(r=r, c=c):
+            src, dst = rand(r, c), torch.zeros(r, c, device=device)
+            return lambda: dst.copy_(src)
+        yield "copy", "%dx%d" % (r, c), 0.0, 2.0 * 4 * r * c, make
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--filter", default="", metavar="REGEX",
+                   help="run only the cases whose name/shape matches REGEX")
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per case (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="CPU threads (default: the number of cores, %(default)s)")
+    p.add_argument("--cuda", action="store_true", help="run on the first CUDA device")
+    p.add_argument("--json", action="store_true", help="print one JSON object per case and line")
+    args = p.parse_args()
+    if args.repeat < 1 or args.warmup < 0:
+        p.error("--repeat must be at least 1 and --warmup at least 0")
+    try:
+        pattern = re.compile(args.filter)
+    except re.error as e:
+        p.error("--filter: %s" % e)
+
+    if args.cuda:
+        if not torch.cuda.is_available():
+            sys.exit("torch_bench.py: --cuda, but torch.cuda.is_available() is False")
+        device = torch.device("cuda")
+        impl = "torch-cuda"
+        name = torch.cuda.get_device_name(device)
+        driver = "CUDA %s, torch %s" % (torch.version.cuda, torch.__version__)
+    else:
+        torch.set_num_threads(args.threads)
+        device = torch.device("cpu")
+        impl = "torch-cpu"
+        name = cpu_name()
+        driver = "torch %s, %d threads" % (torch.__version__, torch.get_num_threads())
+    timer = Timer(device)
+
+    if not args.json:
+        print("%s: %s; median of %d runs" % (impl, name, args.repeat))
+        print("%-8s %-18s %12s %10s %10s" % ("CASE", "SHAPE", "SECONDS", "GFLOP/S", "GB/S"))
+    with torch.no_grad():
+        for case, shape, flops, nbytes, make in cases(device):
+            if not pattern.search(case + "/" + shape):
+                continue
+            fn = make()
+            for _ in range(args.warmup):
+                timer(fn)
+            sec = statistics.median(timer(fn) for _ in range(args.repeat))
+            row = {"name": case, "shape": shape, "seconds": sec}
+            if flops:
+                row["gflops"] = flops / sec / 1e9
+            if nbytes:
+                row["gbps"] = nbytes / sec / 1e9
+            row.update({"device": name, "driver": driver, "impl": impl,
+                        "timer": "cuda-events" if args.cuda else "host", "repeats": args.repeat})
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                fmt = lambda v: "%.2f" % v if v else "-"
+                print("%-8s %-18s %12.6f %10s %10s" % (case, shape, sec, fmt(row.get("gflops")),
+                                                        fmt(row.get("gbps"))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
