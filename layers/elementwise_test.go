@@ -1,0 +1,156 @@
+package layers
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/e2mcvk/e2mcvk/vk"
+	"github.com/e2mcvk/e2mcvk/vk/vktest"
+)
+
+// elementShapes are the shapes of the elementwise tests: one element, primes,
+// a matrix whose rows do not divide a segment, and a size that spans many
+// workgroups and (on the split device) many buffer segments.
+var elementShapes = [][]int{{1}, {7}, {13}, {257}, {3001}, {37, 101}, {100003}}
+
+func elemCount(shape []int) int {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}
+
+// elementTol is the relative tolerance of float32 elementwise arithmetic
+// against the float64 reference: a few roundings of 6e-8.
+const elementTol = 1e-6
+
+func TestBinary(t *testing.T) {
+	const alpha = -1.75
+	cases := []struct {
+		name string
+		run  func(s *vk.Stream, dst, a, b *Tensor) error
+		ref  func(a, b float64) float64
+	}{
+		{"add", Add, func(a, b float64) float64 { return a + b }},
+		{"sub", Sub, func(a, b float64) float64 { return a - b }},
+		{"mul", Mul, func(a, b float64) float64 { return a * b }},
+		{"scale", func(s *vk.Stream, dst, a, _ *Tensor) error { return Scale(s, dst, a, alpha) },
+			func(a, _ float64) float64 { return alpha * a }},
+	}
+	for _, dev := range testDevices(t) {
+		for _, c := range cases {
+			for _, shape := range elementShapes {
+				t.Run(fmt.Sprintf("%s/%s/%v", dev.name, c.name, shape), func(t *testing.T) {
+					n := elemCount(shape)
+					ha, hb := randn(uint64(n), n), randn(uint64(n)+1, n)
+					want := make([]float64, n)
+					for i := range want {
+						want[i] = c.ref(float64(ha[i]), float64(hb[i]))
+					}
+					a, b := upload(t, dev.dev, ha, shape...), upload(t, dev.dev, hb, shape...)
+					y := empty(t, dev.dev, shape...)
+					s := stream(t, dev.dev)
+					if err := c.run(s, y, a, b); err != nil {
+						t.Fatal(err)
+					}
+					assertClose(t, c.name, run(t, s, y), want, elementTol)
+				})
+			}
+		}
+	}
+}
+
+// TestBinaryInPlace writes the result over an input: dst = a, dst = b, and
+// Axpy, which always updates y in place.
+func TestBinaryInPlace(t *testing.T) {
+	const alpha = 0.375
+	for _, dev := range testDevices(t) {
+		for _, n := range []int{1, 257, 100003} {
+			t.Run(fmt.Sprintf("%s/%d", dev.name, n), func(t *testing.T) {
+				ha, hb := randn(uint64(n)+7, n), randn(uint64(n)+8, n)
+				a, b := upload(t, dev.dev, ha, n), upload(t, dev.dev, hb, n)
+				s := stream(t, dev.dev)
+				// a = a - b; b = a * b (with the new a); a += alpha * b; b = alpha * b.
+				steps := []func() error{
+					func() error { return Sub(s, a, a, b) },
+					func() error { return Mul(s, b, a, b) },
+					func() error { return Axpy(s, a, alpha, b) },
+					func() error { return Scale(s, b, b, alpha) },
+				}
+				for _, step := range steps {
+					if err := step(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				wa, wb := make([]float64, n), make([]float64, n)
+				for i := range wa {
+					x, y := float64(ha[i]), float64(hb[i])
+					x -= y
+					y *= x
+					x += alpha * y
+					y *= alpha
+					wa[i], wb[i] = x, y
+				}
+				assertClose(t, "a", run(t, s, a), wa, elementTol)
+				gb, err := b.Download(t.Context())
+				if err != nil {
+					t.Fatal(err)
+				}
+				assertClose(t, "b", gb, wb, elementTol)
+			})
+		}
+	}
+}
+
+func TestAxpy(t *testing.T) {
+	const alpha = 2.5
+	for _, dev := range testDevices(t) {
+		for _, shape := range elementShapes {
+			t.Run(fmt.Sprintf("%s/%v", dev.name, shape), func(t *testing.T) {
+				n := elemCount(shape)
+				hy, hx := randn(uint64(n)+3, n), randn(uint64(n)+4, n)
+				y, x := upload(t, dev.dev, hy, shape...), upload(t, dev.dev, hx, shape...)
+				s := stream(t, dev.dev)
+				if err := Axpy(s, y, alpha, x); err != nil {
+					t.Fatal(err)
+				}
+				want := make([]float64, n)
+				for i := range want {
+					want[i] = float64(hy[i]) + alpha*float64(hx[i])
+				}
+				assertClose(t, "axpy", run(t, s, y), want, elementTol)
+			})
+		}
+	}
+}
+
+func TestBinaryErrors(t *testing.T) {
+	dev := vktest.Device(t)
+	s := stream(t, dev)
+	a := upload(t, dev, randn(1, 6), 2, 3)
+	b := upload(t, dev, randn(2, 6), 3, 2)
+	c := upload(t, dev, randn(3, 6), 6)
+	y := empty(t, dev, 2, 3)
+	cases := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"shape", Add(s, y, a, b), "shapes"},
+		{"same size, other shape", Mul(s, y, a, c), "shapes"},
+		{"scale shape", Scale(s, b, a, 2), "shapes"},
+		{"axpy shape", Axpy(s, a, 1, b), "shapes"},
+		{"strided input", Sub(s, y, a, b.Transpose(0, 1)), "strided"},
+		{"strided output", Add(s, b.Transpose(0, 1), a, a), "strided"},
+	}
+	for _, c := range cases {
+		if c.err == nil || !strings.Contains(c.err.Error(), c.want) {
+			t.Errorf("%s: got error %v, want one mentioning %q", c.name, c.err, c.want)
+		}
+	}
+	if d, _ := s.Stats(); d != 0 {
+		t.Errorf("failed ops recorded %d dispatches", d)
+	}
+}

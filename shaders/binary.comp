@@ -1,0 +1,45 @@
+#version 450
+// y[offY + i] = op(a[offA + i], b[offB + i]) for i < n. The operation is the
+// specialization constant OP, so each op is its own pipeline with no branch:
+//   0 add a+b, 1 sub a-b, 2 mul a*b, 3 scale alpha*a, 4 axpy a+alpha*b.
+// y may be the same memory as a or b (each element is read, then written, by
+// one invocation). Each workgroup covers WG*PER consecutive elements; element
+// k of an invocation is at stride WG, so neighbouring invocations touch
+// neighbouring addresses.
+#include "common.glsl"
+
+layout(constant_id = 0) const uint WG = 256;
+layout(constant_id = 1) const uint PER = 4;
+layout(constant_id = 2) const uint OP = 0;
+layout(local_size_x_id = 0) in;
+
+layout(binding = 0) readonly buffer A { float a[]; };
+layout(binding = 1) readonly buffer B { float b[]; };
+layout(binding = 2) writeonly buffer Y { float y[]; };
+layout(push_constant) uniform Push {
+	uint n;
+	uint offA;
+	uint offB;
+	uint offY;
+	float alpha;
+};
+
+float op(float u, float v) {
+	switch (OP) {
+	case 0: return u + v;
+	case 1: return u - v;
+	case 2: return u * v;
+	case 3: return alpha * u;
+	default: return u + alpha * v;
+	}
+}
+
+void main() {
+	uint base = group_index() * (WG * PER) + gl_LocalInvocationID.x;
+	for (uint k = 0; k < PER; k++) {
+		uint i = base + k * WG;
+		if (i < n) {
+			y[offY + i] = op(a[offA + i], b[offB + i]);
+		}
+	}
+}
