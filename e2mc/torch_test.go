@@ -1,10 +1,13 @@
 package e2mc
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/e2mcvk/e2mcvk/internal/oracle"
@@ -53,13 +56,31 @@ func caseInput(c torchCase) []float32 {
 // runTorch runs the oracle on z.
 func runTorch(t *testing.T, py string, c torchCase, z []float32) *torchOracle {
 	t.Helper()
-	dir := t.TempDir()
-	in := filepath.Join(dir, "z.npy")
-	if err := loader.WriteNpy(in, []int{c.n, c.d}, z); err != nil {
+	script, err := os.ReadFile("testdata/torch_reference.py")
+	if err != nil {
 		t.Fatal(err)
 	}
-	out := oracle.RunFile(t, py, "testdata/torch_reference.py", in, c.bound.String(),
-		fmt.Sprint(c.eps), "0", dir)
+	var raw bytes.Buffer
+	if err := loader.EncodeNpy(&raw, []int{c.n, c.d}, z); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{c.bound.String(), fmt.Sprint(c.eps), "0"}
+	dir, done := oracle.CacheDir(t, script, raw.Bytes(), []byte(strings.Join(args, " ")))
+	if !done {
+		in := filepath.Join(dir, "z.npy")
+		if err := os.WriteFile(in, raw.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out := oracle.RunFile(t, py, "testdata/torch_reference.py", append(append([]string{in}, args...), dir)...)
+		if err := os.WriteFile(filepath.Join(dir, "result.json"), out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		oracle.MarkDone(t, dir)
+	}
+	out, err := os.ReadFile(filepath.Join(dir, "result.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var o torchOracle
 	if err := json.Unmarshal(out, &o); err != nil {
 		t.Fatalf("oracle output %q: %v", out, err)

@@ -3,8 +3,12 @@
 package oracle
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -58,4 +62,38 @@ func RunFile(t testing.TB, python, path string, args ...string) []byte {
 		t.Fatalf("python %s: %v\n%s", path, err, stderr.String())
 	}
 	return out
+}
+
+// CacheDir returns a directory for the outputs of an oracle run identified by
+// the given parts (script text, inputs, arguments), and whether it already
+// holds them. Expensive PyTorch runs are shared this way between the plain
+// and the validation-layer runs of the test suite. A producer that fails
+// must remove the directory (os.RemoveAll) so a later run starts afresh.
+func CacheDir(t testing.TB, parts ...[]byte) (dir string, done bool) {
+	t.Helper()
+	h := sha256.New()
+	for _, p := range parts {
+		fmt.Fprintf(h, "%d:", len(p))
+		h.Write(p)
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	dir = filepath.Join(base, "e2mcvk-test-oracle", hex.EncodeToString(h.Sum(nil))[:32])
+	if _, err := os.Stat(filepath.Join(dir, ".done")); err == nil {
+		return dir, true
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, false
+}
+
+// MarkDone records that dir holds a complete oracle output.
+func MarkDone(t testing.TB, dir string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, ".done"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -1,0 +1,372 @@
+package e2mc
+
+import (
+	"context"
+	"fmt"
+	"math/bits"
+
+	"github.com/e2mcvk/e2mcvk/layers"
+	"github.com/e2mcvk/e2mcvk/vk"
+)
+
+// Criterion measures batches of embeddings on a device and combines two
+// views into the E2MC loss:
+//
+//	loss = Cov*(cov_a + cov_b) - Ent*(meanH_a + meanH_b)/2
+type Criterion struct {
+	Params
+	Coefficients
+
+	// sortRows, when positive, lowers the number of rows sorted in shared
+	// memory so that tests reach the multi-pass sort of long columns.
+	sortRows uint32
+}
+
+// Measurement is one view's measurement, on the host.
+type Measurement struct {
+	N, D, M     int
+	Entropy     []float32 // H_d per column
+	MeanEntropy float64
+	CovLoss     float64
+}
+
+// Loss is the two-view criterion and its parts.
+type Loss struct {
+	Total float64
+	A, B  *Measurement
+}
+
+// Measure measures one view z [N, D] without gradients.
+func (c *Criterion) Measure(ctx context.Context, s *vk.Stream, z *layers.Tensor) (*Measurement, error) {
+	v, err := c.record(s, z, nil, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer v.release()
+	if err := s.Run(ctx); err != nil {
+		return nil, err
+	}
+	return v.finish(ctx)
+}
+
+// Loss computes the criterion over views za and zb (each [N, D]) and, when
+// ga and gb are not nil, writes d(loss)/d(za) and d(loss)/d(zb) into them.
+func (c *Criterion) Loss(ctx context.Context, s *vk.Stream, za, zb, ga, gb *layers.Tensor) (*Loss, error) {
+	ce := float32(c.Ent / 2)
+	cc := float32(c.Cov)
+	va, err := c.record(s, za, ga, ce, cc)
+	if err != nil {
+		return nil, fmt.Errorf("view a: %w", err)
+	}
+	defer va.release()
+	vb, err := c.record(s, zb, gb, ce, cc)
+	if err != nil {
+		return nil, fmt.Errorf("view b: %w", err)
+	}
+	defer vb.release()
+	if err := s.Run(ctx); err != nil {
+		return nil, err
+	}
+	a, err := va.finish(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b, err := vb.finish(ctx)
+	if err != nil {
+		return nil, err
+	}
+	total := c.Cov*(a.CovLoss+b.CovLoss) - c.Ent*(a.MeanEntropy+b.MeanEntropy)/2
+	return &Loss{Total: total, A: a, B: b}, nil
+}
+
+// view holds the device work of one recorded measurement until it has run.
+type view struct {
+	n, d, m int
+	h       *layers.Tensor // [D] entropies
+	frob    *layers.Tensor // [1] squared Frobenius norm of C times (N-1)² when gram
+	diagSq  *layers.Tensor // [1] sum of squared column variances
+	gram    bool
+	temps   []*layers.Tensor
+}
+
+func (v *view) release() {
+	for _, t := range v.temps {
+		t.Release()
+	}
+}
+
+// finish downloads a view's scalars and assembles its measurement.
+func (v *view) finish(ctx context.Context) (*Measurement, error) {
+	h, err := v.h.Download(ctx)
+	if err != nil {
+		return nil, err
+	}
+	frob, err := v.frob.Download(ctx)
+	if err != nil {
+		return nil, err
+	}
+	diag, err := v.diagSq.Download(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := &Measurement{N: v.n, D: v.d, M: v.m, Entropy: h}
+	for _, e := range h {
+		r.MeanEntropy += float64(e)
+	}
+	r.MeanEntropy /= float64(v.d)
+	f := float64(frob[0])
+	if v.gram {
+		f /= float64(v.n-1) * float64(v.n-1)
+	}
+	r.CovLoss = (f - float64(diag[0])) / float64(v.d)
+	return r, nil
+}
+
+// Column kernel work split: invocations per column and the largest number of
+// rows sorted in shared memory (keys and row indices, 8 bytes a row).
+func columnConfig(info vk.DeviceInfo) (wg, nmax uint32) {
+	wg = 256
+	if info.Type == "cpu" {
+		wg = 64
+	}
+	nmax = uint32(1) << (31 - bits.LeadingZeros32(info.MaxSharedMemory/8))
+	return wg, min(nmax, 1<<16)
+}
+
+// record records the measurement of z and, with grad != nil, the gradient
+// of cc*CovLoss - ce*MeanEntropy into grad.
+func (c *Criterion) record(s *vk.Stream, z, grad *layers.Tensor, ce, cc float32) (*view, error) {
+	shape := z.Shape()
+	if len(shape) != 2 {
+		return nil, fmt.Errorf("embeddings of shape %v: want [N, D]", shape)
+	}
+	n, d := shape[0], shape[1]
+	m, err := c.window(n)
+	if err != nil {
+		return nil, err
+	}
+	if n < 4 {
+		return nil, fmt.Errorf("a batch of %d rows: E2MC needs at least 4", n)
+	}
+	if grad != nil {
+		if gs := grad.Shape(); len(gs) != 2 || gs[0] != n || gs[1] != d {
+			return nil, fmt.Errorf("gradient of shape %v for embeddings %v", gs, shape)
+		}
+	}
+	dev := z.Device()
+	v := &view{n: n, d: d, m: m, gram: n <= d}
+	newT := func(shape ...int) (*layers.Tensor, error) {
+		t, err := layers.New(dev, shape...)
+		if err == nil {
+			v.temps = append(v.temps, t)
+		}
+		return t, err
+	}
+	fail := func(err error) (*view, error) {
+		v.release()
+		return nil, err
+	}
+	x, err := newT(n, d)
+	if err != nil {
+		return fail(err)
+	}
+	if v.h, err = newT(d); err != nil {
+		return fail(err)
+	}
+	variance, err := newT(d)
+	if err != nil {
+		return fail(err)
+	}
+	gent, err := newT(n, d)
+	if err != nil {
+		return fail(err)
+	}
+	if v.frob, err = newT(1); err != nil {
+		return fail(err)
+	}
+	if v.diagSq, err = newT(1); err != nil {
+		return fail(err)
+	}
+
+	if err := c.recordColumns(s, z, x, v.h, variance, gent, grad != nil, newT); err != nil {
+		return fail(err)
+	}
+
+	// Covariance: with N <= D the N x N Gram matrix K = XXᵀ has the same
+	// squared Frobenius norm as XᵀX and gives XC = KX/(N-1) for D/N times
+	// fewer flops than forming C.
+	var sq, mx *layers.Tensor
+	inv := 1 / float32(n-1)
+	if v.gram {
+		if sq, err = newT(n, n); err != nil {
+			return fail(err)
+		}
+		if err = layers.Gemm(s, 1, x, false, x, true, 0, sq); err != nil {
+			return fail(err)
+		}
+		if grad != nil {
+			if mx, err = newT(n, d); err != nil {
+				return fail(err)
+			}
+			if err = layers.Gemm(s, inv, sq, false, x, false, 0, mx); err != nil {
+				return fail(err)
+			}
+		}
+	} else {
+		if sq, err = newT(d, d); err != nil {
+			return fail(err)
+		}
+		if err = layers.Gemm(s, inv, x, true, x, false, 0, sq); err != nil {
+			return fail(err)
+		}
+		if grad != nil {
+			if mx, err = newT(n, d); err != nil {
+				return fail(err)
+			}
+			if err = layers.Gemm(s, 1, x, false, sq, false, 0, mx); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if grad != nil {
+		cov := cc * 4 / (float32(d) * float32(n-1))
+		total := n * d
+		args, offs, err := bindAll(operand{z, false}, operand{mx, false}, operand{x, false},
+			operand{variance, false}, operand{gent, false}, operand{grad, true})
+		if err != nil {
+			return fail(err)
+		}
+		if err = layers.Launch(s, "e2mc_grad", []uint32{256, uint32(c.Bound)},
+			layers.Grid((total+255)/256),
+			layers.Push{}.U32(uint32(total), uint32(d)).F32(cov, ce).U32(offs...),
+			args...); err != nil {
+			return fail(err)
+		}
+	}
+	// Last: these square sq and variance in place.
+	if err = sumSquares(s, v.frob, sq); err != nil {
+		return fail(err)
+	}
+	if err = sumSquares(s, v.diagSq, variance); err != nil {
+		return fail(err)
+	}
+	return v, nil
+}
+
+type operand struct {
+	t     *layers.Tensor
+	write bool
+}
+
+// bindAll binds whole tensors for the e2mc kernels, which need each operand
+// in one buffer segment: a column's sort reads every row.
+func bindAll(ops ...operand) ([]vk.Arg, []uint32, error) {
+	args := make([]vk.Arg, len(ops))
+	offs := make([]uint32, len(ops))
+	for i, o := range ops {
+		var err error
+		if args[i], offs[i], err = layers.Bind(o.t, o.write); err != nil {
+			return nil, nil, err
+		}
+	}
+	return args, offs, nil
+}
+
+// recordColumns records the per-column work: bound, centre (x), variance,
+// sort, entropy (h) and, with grad, the entropy gradient (gent). Columns that
+// fit shared memory take one fused kernel; longer ones are sorted in global
+// memory in several passes.
+func (c *Criterion) recordColumns(s *vk.Stream, z, x, h, variance, gent *layers.Tensor, grad bool,
+	newT func(...int) (*layers.Tensor, error)) error {
+	shape := z.Shape()
+	n, d := shape[0], shape[1]
+	m, _ := c.window(n)
+	wg, nmax := columnConfig(z.Device().Info)
+	if c.sortRows > 0 {
+		nmax = min(nmax, c.sortRows)
+	}
+	npad := uint32(1) << bits.Len32(uint32(n-1))
+	scale := float32(n+1) / float32(m)
+	spacing := layers.Push{}.U32(uint32(n), uint32(d), npad, uint32(m)).
+		F32(float32(c.Eps), scale, scale/float32(n-m)/float32(d))
+	if npad <= nmax {
+		args, offs, err := bindAll(operand{z, false}, operand{x, true}, operand{h, true},
+			operand{variance, true}, operand{gent, true})
+		if err != nil {
+			return err
+		}
+		return layers.Launch(s, "e2mc_column", []uint32{wg, max(npad, wg), uint32(c.Bound), b2u(grad)},
+			layers.Grid(d), append(spacing, layers.Push{}.U32(offs...)...), args...)
+	}
+
+	keys, err := newT(d, int(npad))
+	if err != nil {
+		return err
+	}
+	rows, err := newT(d, int(npad))
+	if err != nil {
+		return err
+	}
+	args, offs, err := bindAll(operand{z, false}, operand{x, true}, operand{variance, true},
+		operand{keys, true}, operand{rows, true})
+	if err != nil {
+		return err
+	}
+	if err := layers.Launch(s, "e2mc_load", []uint32{wg, uint32(c.Bound)}, layers.Grid(d),
+		layers.Push{}.U32(uint32(n), uint32(d), npad).U32(offs...), args...); err != nil {
+		return err
+	}
+	sorted, soffs, err := bindAll(operand{keys, true}, operand{rows, true})
+	if err != nil {
+		return err
+	}
+	block := func(k uint32) error {
+		return layers.Launch(s, "e2mc_sort_block", []uint32{wg, nmax}, layers.Grid(d*int(npad/nmax)),
+			layers.Push{}.U32(uint32(d), npad, k).U32(soffs...), sorted...)
+	}
+	if err := block(0); err != nil {
+		return err
+	}
+	pairs := d * int(npad) / 2
+	for k := 2 * nmax; k <= npad; k *= 2 {
+		for j := k / 2; j >= nmax; j /= 2 {
+			if err := layers.Launch(s, "e2mc_sort_step", []uint32{256}, layers.Grid((pairs+255)/256),
+				layers.Push{}.U32(uint32(pairs), npad, k, j).U32(soffs...), sorted...); err != nil {
+				return err
+			}
+		}
+		if err := block(k); err != nil {
+			return err
+		}
+	}
+	args, offs, err = bindAll(operand{keys, false}, operand{rows, false}, operand{h, true}, operand{gent, true})
+	if err != nil {
+		return err
+	}
+	return layers.Launch(s, "e2mc_spacing", []uint32{wg, b2u(grad), uint32(c.Bound)}, layers.Grid(d),
+		append(spacing, layers.Push{}.U32(offs...)...), args...)
+}
+
+// sumSquares records dst[0] = sum of squares of the elements of x. It squares
+// x in place: callers pass tensors they no longer need.
+func sumSquares(s *vk.Stream, dst, x *layers.Tensor) error {
+	flat, err := x.Reshape(x.Len())
+	if err != nil {
+		return err
+	}
+	if err := layers.Mul(s, flat, flat, flat); err != nil {
+		return err
+	}
+	out, err := dst.Reshape()
+	if err != nil {
+		return err
+	}
+	return layers.Sum(s, out, flat, 0)
+}
+
+func b2u(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
+}
