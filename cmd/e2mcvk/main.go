@@ -9,6 +9,7 @@
 //
 //	devices   list the Vulkan devices (--json for a machine-readable list)
 //	version   print the version, the Go version and the Vulkan loader
+//	entropy   measure an N x D .npy array of embeddings as E2MC does
 //
 // Run `e2mcvk <command> --help` for a command's flags.
 //
@@ -49,6 +50,7 @@ const (
 type cli struct {
 	Devices devicesCmd `cmd:"" help:"List the Vulkan devices e2mcvk can use."`
 	Version versionCmd `cmd:"" help:"Print the version of e2mcvk, Go and the Vulkan loader."`
+	Entropy entropyCmd `cmd:"" help:"Per-dimension m-spacing entropy, covariance loss and effective rank of an N x D .npy array."`
 }
 
 // description is the top-level help text.
