@@ -38,40 +38,40 @@ type Loss struct {
 
 // Measure measures one view z [N, D] without gradients.
 func (c *Criterion) Measure(ctx context.Context, s *vk.Stream, z *layers.Tensor) (*Measurement, error) {
-	v, err := c.record(s, z, nil, 0, 0)
+	r, err := c.Record(s, z, nil, 0, 0)
 	if err != nil {
 		return nil, err
 	}
-	defer v.release()
+	defer r.Release()
 	if err := s.Run(ctx); err != nil {
 		return nil, err
 	}
-	return v.finish(ctx)
+	return r.Result(ctx)
 }
 
 // Loss computes the criterion over views za and zb (each [N, D]) and, when
 // ga and gb are not nil, writes d(loss)/d(za) and d(loss)/d(zb) into them.
 func (c *Criterion) Loss(ctx context.Context, s *vk.Stream, za, zb, ga, gb *layers.Tensor) (*Loss, error) {
-	ce := float32(c.Ent / 2)
-	cc := float32(c.Cov)
-	va, err := c.record(s, za, ga, ce, cc)
+	ent := float32(c.Ent / 2)
+	cov := float32(c.Cov)
+	ra, err := c.Record(s, za, ga, ent, cov)
 	if err != nil {
 		return nil, fmt.Errorf("view a: %w", err)
 	}
-	defer va.release()
-	vb, err := c.record(s, zb, gb, ce, cc)
+	defer ra.Release()
+	rb, err := c.Record(s, zb, gb, ent, cov)
 	if err != nil {
 		return nil, fmt.Errorf("view b: %w", err)
 	}
-	defer vb.release()
+	defer rb.Release()
 	if err := s.Run(ctx); err != nil {
 		return nil, err
 	}
-	a, err := va.finish(ctx)
+	a, err := ra.Result(ctx)
 	if err != nil {
 		return nil, err
 	}
-	b, err := vb.finish(ctx)
+	b, err := rb.Result(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -79,8 +79,9 @@ func (c *Criterion) Loss(ctx context.Context, s *vk.Stream, za, zb, ga, gb *laye
 	return &Loss{Total: total, A: a, B: b}, nil
 }
 
-// view holds the device work of one recorded measurement until it has run.
-type view struct {
+// Recording is a measurement recorded on a stream: its device memory lives
+// until Release, which must come after the stream has run.
+type Recording struct {
 	n, d, m int
 	h       *layers.Tensor // [D] entropies
 	frob    *layers.Tensor // [1] squared Frobenius norm of C times (N-1)² when gram
@@ -89,14 +90,15 @@ type view struct {
 	temps   []*layers.Tensor
 }
 
-func (v *view) release() {
+// Release frees the recording's device memory.
+func (v *Recording) Release() {
 	for _, t := range v.temps {
 		t.Release()
 	}
 }
 
-// finish downloads a view's scalars and assembles its measurement.
-func (v *view) finish(ctx context.Context) (*Measurement, error) {
+// Result downloads the recording's results once its stream has run.
+func (v *Recording) Result(ctx context.Context) (*Measurement, error) {
 	h, err := v.h.Download(ctx)
 	if err != nil {
 		return nil, err
@@ -133,9 +135,12 @@ func columnConfig(info vk.DeviceInfo) (wg, nmax uint32) {
 	return wg, min(nmax, 1<<16)
 }
 
-// record records the measurement of z and, with grad != nil, the gradient
-// of cc*CovLoss - ce*MeanEntropy into grad.
-func (c *Criterion) record(s *vk.Stream, z, grad *layers.Tensor, ce, cc float32) (*view, error) {
+// Record records on s the measurement of z [N, D] and, when grad is not nil,
+// the gradient of cov*CovLoss - ent*MeanEntropy with respect to z into grad.
+// On a stream with timestamps it marks the ends of its three phases,
+// "e2mc_columns" (bound, sort, entropy and its gradient), "e2mc_covariance"
+// and "e2mc_gradient", for benchmarks.
+func (c *Criterion) Record(s *vk.Stream, z, grad *layers.Tensor, ent, cov float32) (*Recording, error) {
 	shape := z.Shape()
 	if len(shape) != 2 {
 		return nil, fmt.Errorf("embeddings of shape %v: want [N, D]", shape)
@@ -154,7 +159,7 @@ func (c *Criterion) record(s *vk.Stream, z, grad *layers.Tensor, ce, cc float32)
 		}
 	}
 	dev := z.Device()
-	v := &view{n: n, d: d, m: m, gram: n <= d}
+	v := &Recording{n: n, d: d, m: m, gram: n <= d}
 	newT := func(shape ...int) (*layers.Tensor, error) {
 		t, err := layers.New(dev, shape...)
 		if err == nil {
@@ -162,8 +167,8 @@ func (c *Criterion) record(s *vk.Stream, z, grad *layers.Tensor, ce, cc float32)
 		}
 		return t, err
 	}
-	fail := func(err error) (*view, error) {
-		v.release()
+	fail := func(err error) (*Recording, error) {
+		v.Release()
 		return nil, err
 	}
 	x, err := newT(n, d)
@@ -189,6 +194,9 @@ func (c *Criterion) record(s *vk.Stream, z, grad *layers.Tensor, ce, cc float32)
 	}
 
 	if err := c.recordColumns(s, z, x, v.h, variance, gent, grad != nil, newT); err != nil {
+		return fail(err)
+	}
+	if err := s.Mark("e2mc_columns"); err != nil {
 		return fail(err)
 	}
 
@@ -228,8 +236,11 @@ func (c *Criterion) record(s *vk.Stream, z, grad *layers.Tensor, ce, cc float32)
 			}
 		}
 	}
+	if err := s.Mark("e2mc_covariance"); err != nil {
+		return fail(err)
+	}
 	if grad != nil {
-		cov := cc * 4 / (float32(d) * float32(n-1))
+		cc := cov * 4 / (float32(d) * float32(n-1))
 		total := n * d
 		args, offs, err := bindAll(operand{z, false}, operand{mx, false}, operand{x, false},
 			operand{variance, false}, operand{gent, false}, operand{grad, true})
@@ -238,7 +249,7 @@ func (c *Criterion) record(s *vk.Stream, z, grad *layers.Tensor, ce, cc float32)
 		}
 		if err = layers.Launch(s, "e2mc_grad", []uint32{256, uint32(c.Bound)},
 			layers.Grid((total+255)/256),
-			layers.Push{}.U32(uint32(total), uint32(d)).F32(cov, ce).U32(offs...),
+			layers.Push{}.U32(uint32(total), uint32(d)).F32(cc, ent).U32(offs...),
 			args...); err != nil {
 			return fail(err)
 		}
@@ -248,6 +259,9 @@ func (c *Criterion) record(s *vk.Stream, z, grad *layers.Tensor, ce, cc float32)
 		return fail(err)
 	}
 	if err = sumSquares(s, v.diagSq, variance); err != nil {
+		return fail(err)
+	}
+	if err := s.Mark("e2mc_gradient"); err != nil {
 		return fail(err)
 	}
 	return v, nil

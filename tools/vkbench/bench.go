@@ -22,6 +22,15 @@ type benchCase struct {
 	// prepare allocates and initialises the operands on d. Its workload
 	// records one run of the kernel; it is recorded and run many times.
 	prepare func(ctx context.Context, d *vk.Device) (*workload, error)
+	// parts are extra rows timed inside the same runs: each sums the
+	// intervals that end at the stream marks (vk.Stream.Mark) it names.
+	parts []part
+}
+
+// part is a row of a case's phases, e.g. the sort inside a whole criterion.
+type part struct {
+	name   string   // row name, e.g. "e2mc_sort"
+	labels []string // marks whose intervals it sums
 }
 
 // id is how --filter sees a case: "name/shape".
@@ -58,46 +67,56 @@ type options struct {
 // opts.repeat runs, each in a submission of its own between two timestamps.
 // Devices without timestamp queries on their compute queue are timed with the
 // host clock around the submission, which includes its overhead.
-func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) (result, error) {
+func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]result, error) {
 	if opts.repeat < 1 {
-		return result{}, errors.New("repeat must be at least 1")
+		return nil, errors.New("repeat must be at least 1")
 	}
 	w, err := c.prepare(ctx, d)
 	if err != nil {
-		return result{}, err
+		return nil, err
 	}
 	if w.release != nil {
 		defer w.release()
 	}
 	s, err := d.NewStream()
 	if err != nil {
-		return result{}, err
+		return nil, err
 	}
 	defer s.Close()
 	timer := "gpu"
 	if s.EnableTimestamps() != nil {
+		if len(c.parts) > 0 {
+			return nil, fmt.Errorf("%s has no timestamps: its parts cannot be timed", d.Info.Name)
+		}
 		timer = "host"
 	}
 	for range opts.warmup {
 		if err := w.record(s); err != nil {
-			return result{}, err
+			return nil, err
 		}
 		if err := s.Run(ctx); err != nil {
-			return result{}, fmt.Errorf("warm-up run: %w", err)
+			return nil, fmt.Errorf("warm-up run: %w", err)
 		}
 	}
-	times := make([]float64, 0, opts.repeat)
+	times := make([][]float64, 1+len(c.parts)) // the whole, then each part
 	for range opts.repeat {
-		sec, err := timeRun(ctx, s, w, timer == "gpu")
+		total, byLabel, err := timeRun(ctx, s, w, timer == "gpu")
 		if err != nil {
-			return result{}, err
+			return nil, err
 		}
-		times = append(times, sec)
+		times[0] = append(times[0], total)
+		for i, p := range c.parts {
+			var sum float64
+			for _, l := range p.labels {
+				sum += byLabel[l]
+			}
+			times[i+1] = append(times[i+1], sum)
+		}
 	}
 	r := result{
 		Name:    c.name,
 		Shape:   c.shape,
-		Seconds: median(times),
+		Seconds: median(times[0]),
 		Device:  d.Info.Name,
 		Driver:  driverString(d.Info),
 		Impl:    "e2mcvk",
@@ -105,7 +124,7 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) (resu
 		Repeats: opts.repeat,
 	}
 	if r.Seconds <= 0 {
-		return result{}, fmt.Errorf("timer reported %g s", r.Seconds)
+		return nil, fmt.Errorf("timer reported %g s", r.Seconds)
 	}
 	if c.flops > 0 {
 		r.GFLOPS = c.flops / r.Seconds / 1e9
@@ -113,37 +132,50 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) (resu
 	if c.bytes > 0 {
 		r.GBps = c.bytes / r.Seconds / 1e9
 	}
-	return r, nil
+	out := []result{r}
+	for i, p := range c.parts {
+		pr := r
+		pr.Name, pr.Seconds = p.name, median(times[i+1])
+		if pr.Seconds <= 0 {
+			return nil, fmt.Errorf("part %s: timer reported %g s", p.name, pr.Seconds)
+		}
+		pr.GFLOPS, pr.GBps = c.flops/pr.Seconds/1e9, c.bytes/pr.Seconds/1e9
+		out = append(out, pr)
+	}
+	return out, nil
 }
 
-// timeRun records and runs one run of w, returning its duration.
-func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool) (float64, error) {
+// timeRun records and runs one run of w, returning its duration and, with
+// GPU timestamps, the time of each interval that ends at a labelled mark.
+func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool) (float64, map[string]float64, error) {
 	if gpu {
 		if err := s.Mark("start"); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
 	if err := w.record(s); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if !gpu {
 		start := time.Now()
 		if err := s.Run(ctx); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
-		return time.Since(start).Seconds(), nil
+		return time.Since(start).Seconds(), nil, nil
 	}
 	if err := s.Mark("end"); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if err := s.Run(ctx); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	t := s.Timings()
-	if len(t) != 1 {
-		return 0, fmt.Errorf("%d timings for one run, want 1", len(t))
+	var total float64
+	byLabel := map[string]float64{}
+	for _, t := range s.Timings() {
+		total += t.Seconds
+		byLabel[t.Label] += t.Seconds
 	}
-	return t[0].Seconds, nil
+	return total, byLabel, nil
 }
 
 // median returns the median of xs (the mean of the middle two for an even
@@ -178,7 +210,7 @@ func writeJSON(w io.Writer, r result) error {
 
 // tableHeader and writeRow print the human-readable table one row at a time,
 // so that long runs show progress.
-const rowFormat = "%-8s %-18s %12s %10s %10s\n"
+const rowFormat = "%-13s %-18s %12s %10s %10s\n"
 
 func writeHeader(w io.Writer) {
 	fmt.Fprintf(w, rowFormat, "CASE", "SHAPE", "SECONDS", "GFLOP/S", "GB/S")

@@ -42,6 +42,7 @@ func allCases() []benchCase {
 	cs = append(cs, gemmCases()...)
 	cs = append(cs, copyCases()...)
 	cs = append(cs, fmaCases()...)
+	cs = append(cs, e2mcCases()...)
 	return cs
 }
 
@@ -162,18 +163,20 @@ func (c *cli) bench(ctx context.Context, stdout, stderr io.Writer, cases []bench
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		r, err := measure(ctx, d, bc, options{warmup: c.Warmup, repeat: c.Repeat})
+		rs, err := measure(ctx, d, bc, options{warmup: c.Warmup, repeat: c.Repeat})
 		if err != nil {
 			failed++
 			fmt.Fprintf(stderr, "vkbench: %s %s: %s\n", bc.name, bc.shape, strings.ReplaceAll(err.Error(), "\n", "; "))
 			continue
 		}
-		if c.JSON {
-			if err := writeJSON(stdout, r); err != nil {
-				return err
+		for _, r := range rs {
+			if c.JSON {
+				if err := writeJSON(stdout, r); err != nil {
+					return err
+				}
+			} else {
+				writeRow(stdout, r)
 			}
-		} else {
-			writeRow(stdout, r)
 		}
 	}
 	if n := in.ValidationMessages(); n > 0 {

@@ -59,10 +59,11 @@ func checkSchema(t *testing.T, line string) map[string]any {
 func TestMeasureFMA(t *testing.T) {
 	d := vktest.Device(t)
 	c := smallFMA()
-	r, err := measure(context.Background(), d, c, options{warmup: 1, repeat: 3})
+	rs, err := measure(context.Background(), d, c, options{warmup: 1, repeat: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
+	r := rs[0]
 	var buf bytes.Buffer
 	if err := writeJSON(&buf, r); err != nil {
 		t.Fatal(err)
@@ -76,21 +77,29 @@ func TestMeasureFMA(t *testing.T) {
 	}
 }
 
-// TestKernelCases runs small gemm and copy cases. The kernels may not be
-// written yet: then the case must fail with an error, not crash.
+// TestKernelCases runs small cases of every family; the e2mc ones also
+// report their parts as rows of their own.
 func TestKernelCases(t *testing.T) {
 	d := vktest.Device(t)
-	for _, c := range []benchCase{gemmCase(33, 17, 9), copyCase(31, 65)} {
-		r, err := measure(context.Background(), d, c, options{warmup: 1, repeat: 1})
+	cases := []benchCase{gemmCase(33, 17, 9), copyCase(31, 65), e2mcCase(67, 13, false), e2mcCase(67, 13, true)}
+	for _, c := range cases {
+		rs, err := measure(context.Background(), d, c, options{warmup: 1, repeat: 1})
 		if err != nil {
-			t.Logf("%s: %v", c.id(), err)
-			continue
+			t.Fatalf("%s: %v", c.id(), err)
 		}
-		var buf bytes.Buffer
-		if err := writeJSON(&buf, r); err != nil {
-			t.Fatal(err)
+		if len(rs) != 1+len(c.parts) {
+			t.Fatalf("%s: %d rows for %d parts", c.id(), len(rs), len(c.parts))
 		}
-		checkSchema(t, strings.TrimSpace(buf.String()))
+		for _, r := range rs {
+			var buf bytes.Buffer
+			if err := writeJSON(&buf, r); err != nil {
+				t.Fatal(err)
+			}
+			checkSchema(t, strings.TrimSpace(buf.String()))
+			if r.Seconds > rs[0].Seconds*1.0001 {
+				t.Errorf("%s: part %s takes longer (%g s) than the whole (%g s)", c.id(), r.Name, r.Seconds, rs[0].Seconds)
+			}
+		}
 	}
 }
 

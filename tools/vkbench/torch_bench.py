@@ -9,6 +9,12 @@ Cases (the same names and shapes as tools/vkbench):
   copy  RxC     dst.copy_(src) of R*C float32, 2*4*R*C bytes (read + write)
   fma           skipped: PyTorch has no peak-FMA microkernel; the largest
                 GEMM is its practical peak.
+  e2mc_*  NxD   the authors' E2MC formulation (sigmoid bound) on one view,
+                float32: e2mc_fwd the criterion forward, e2mc_sort the
+                torch.sort + log-spacings forward, e2mc_total forward +
+                backward, e2mc_entropy sort + entropy forward + backward,
+                e2mc_cov covariance loss forward + backward; GB/s counts the
+                embeddings once (4*N*D bytes), as vkbench does.
 
 Each case runs --warmup times untimed, then --repeat times; the median is
 reported. On the CPU the wall clock times each run (torch.set_num_threads is
@@ -34,6 +40,51 @@ except ImportError:
 
 GEMM_SHAPES = [(256, 256, 256), (1024, 1024, 1024), (2048, 2048, 2048), (3136, 256, 64)]
 COPY_SHAPES = [(4096, 4096)]
+E2MC_SHAPES = [(512, 8192), (256, 128), (4096, 2048)]
+
+
+def m_spacings(x):
+    """Mean over columns of the m-spacing entropy (the authors' estimator)."""
+    n = x.shape[0]
+    m = round(n ** 0.5)
+    x, _ = torch.sort(x, dim=0)
+    x = (x[m:] - x[: n - m]) * (n + 1) / m
+    return (torch.log(x + 1e-7).sum(dim=0) / (n - m)).mean()
+
+
+def cov_loss(x):
+    n, d = x.shape
+    x = x - x.mean(dim=0)
+    c = (x.T @ x) / (n - 1)
+    return (c - torch.diag(c.diagonal())).pow(2).sum().div(d)
+
+
+def e2mc_calls(z):
+    """The timed calls of the e2mc cases on embeddings z, by case name."""
+    def backward(loss_fn):
+        def call():
+            with torch.enable_grad():
+                zz = z.detach().requires_grad_()
+                loss_fn(zz).backward()
+        return call
+
+    def entropy(zz):
+        return m_spacings(torch.sigmoid(zz))
+
+    def covariance(zz):
+        return cov_loss(torch.sigmoid(zz))
+
+    def total(zz):
+        x = torch.sigmoid(zz)
+        return cov_loss(x) - 5 * m_spacings(x)
+
+    return {
+        "e2mc_fwd": lambda: total(z),
+        "e2mc_sort": lambda: entropy(z),
+        "e2mc_total": backward(total),
+        "e2mc_entropy": backward(entropy),
+        "e2mc_cov": backward(covariance),
+    }
 
 
 def cpu_name():
@@ -84,6 +135,11 @@ def cases(device):
             src, dst = rand(r, c), torch.zeros(r, c, device=device)
             return lambda: dst.copy_(src)
         yield "copy", "%dx%d" % (r, c), 0.0, 2.0 * 4 * r * c, make
+    for n, d in E2MC_SHAPES:
+        for case in ("e2mc_fwd", "e2mc_sort", "e2mc_total", "e2mc_entropy", "e2mc_cov"):
+            def make(n=n, d=d, case=case):
+                return e2mc_calls(torch.randn(n, d, generator=gen).to(device))[case]
+            yield case, "%dx%d" % (n, d), 0.0, 4.0 * n * d, make
 
 
 def main():
@@ -121,7 +177,7 @@ def main():
 
     if not args.json:
         print("%s: %s; median of %d runs" % (impl, name, args.repeat))
-        print("%-8s %-18s %12s %10s %10s" % ("CASE", "SHAPE", "SECONDS", "GFLOP/S", "GB/S"))
+        print("%-13s %-18s %12s %10s %10s" % ("CASE", "SHAPE", "SECONDS", "GFLOP/S", "GB/S"))
     with torch.no_grad():
         for case, shape, flops, nbytes, make in cases(device):
             if not pattern.search(case + "/" + shape):
@@ -141,7 +197,7 @@ def main():
                 print(json.dumps(row), flush=True)
             else:
                 fmt = lambda v: "%.2f" % v if v else "-"
-                print("%-8s %-18s %12.6f %10s %10s" % (case, shape, sec, fmt(row.get("gflops")),
+                print("%-13s %-18s %12.6f %10s %10s" % (case, shape, sec, fmt(row.get("gflops")),
                                                         fmt(row.get("gbps"))), flush=True)
 
 
