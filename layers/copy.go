@@ -73,10 +73,10 @@ func copyContiguous(s *vk.Stream, dst, src *Tensor) error {
 		if offs[0]%4 == 0 && offs[1]%4 == 0 && n >= 4 {
 			mode, per, items = copyVec4, copyPer4, n/4
 		}
-		p := push{}.u32(uint32(n), offs[1], offs[0]).u32(make([]uint32, maxWindow-1+3*maxCopyRank)...)
+		p := Push{}.U32(uint32(n), offs[1], offs[0]).U32(make([]uint32, maxWindow-1+3*maxCopyRank)...)
 		bind := []vk.Arg{args[0], args[0], args[0], args[0], args[0], args[0], args[1], args[1]}
-		return launch(s, "copy", []uint32{copyGroup, uint32(per), uint32(mode), 1, 1},
-			grid(ceilDiv(items, copyGroup*per)), p, bind...)
+		return Launch(s, "copy", []uint32{copyGroup, uint32(per), uint32(mode), 1, 1},
+			Grid(ceilDiv(items, copyGroup*per)), p, bind...)
 	})
 	if err != nil {
 		return fmt.Errorf("copy: %w", err)
@@ -143,9 +143,9 @@ func copyStrided(s *vk.Stream, dst, src *Tensor) error {
 		dArg, dOff, _ := dst.locate(first, count, true)
 		first, count = extent(b, sst)
 		w, _ := bindWindow(src, first, count)
-		p := push{}.u32(uint32(n), dOff, w.off).u32(w.ends[:]...).u32(bs[:]...).u32(ss[:]...).u32(ds[:]...)
-		if err := launch(s, "copy", []uint32{copyGroup, 1, copyGather, uint32(r), uint32(len(w.args))},
-			grid(ceilDiv(n, copyGroup)), p, append(w.bindings(), dArg, dArg)...); err != nil {
+		p := Push{}.U32(uint32(n), dOff, w.off).U32(w.ends[:]...).U32(bs[:]...).U32(ss[:]...).U32(ds[:]...)
+		if err := Launch(s, "copy", []uint32{copyGroup, 1, copyGather, uint32(r), uint32(len(w.args))},
+			Grid(ceilDiv(n, copyGroup)), p, append(w.bindings(), dArg, dArg)...); err != nil {
 			return fmt.Errorf("copy: %w", err)
 		}
 	}

@@ -33,9 +33,9 @@ func binaryOp(s *vk.Stream, op int, y, a, b *Tensor, alpha float32) error {
 	}
 	ops := []operand{{a, false}, {b, false}, {y, true}}
 	err := elementwise(y.Len(), ops, func(n int, args []vk.Arg, offs []uint32) error {
-		return launch(s, "binary", []uint32{elementGroup, elementsPer, uint32(op)},
-			grid(ceilDiv(n, elementGroup*elementsPer)),
-			push{}.u32(uint32(n), offs[0], offs[1], offs[2]).f32(alpha), args...)
+		return Launch(s, "binary", []uint32{elementGroup, elementsPer, uint32(op)},
+			Grid(ceilDiv(n, elementGroup*elementsPer)),
+			Push{}.U32(uint32(n), offs[0], offs[1], offs[2]).F32(alpha), args...)
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", binNames[op], err)
