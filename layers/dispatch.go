@@ -36,18 +36,6 @@ func (p Push) F32(vs ...float32) Push {
 	return p
 }
 
-// TODO(lead): the lower-case names below are kept until the kernels written
-// against them are moved to the exported ones.
-type push = Push
-
-func (p Push) u32(vs ...uint32) Push  { return p.U32(vs...) }
-func (p Push) i32(vs ...int) Push     { return p.I32(vs...) }
-func (p Push) f32(vs ...float32) Push { return p.F32(vs...) }
-func grid(n int) [3]uint32            { return Grid(n) }
-func launch(s *vk.Stream, name string, spec []uint32, groups [3]uint32, p Push, args ...vk.Arg) error {
-	return Launch(s, name, spec, groups, p, args...)
-}
-
 // maxGroupsX is the workgroup count per dimension every device supports.
 const maxGroupsX = 65535
 

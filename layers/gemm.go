@@ -1,7 +1,7 @@
 package layers
 
 import (
-	"errors"
+	"fmt"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -10,5 +10,409 @@ import (
 // transpose. A, B and C are contiguous 2-D [rows, cols] or 3-D
 // [batch, rows, cols] tensors; a 2-D operand is shared by every batch.
 func Gemm(s *vk.Stream, alpha float32, a *Tensor, transA bool, b *Tensor, transB bool, beta float32, c *Tensor) error {
-	return errors.New("gemm: not implemented yet")
+	p, err := newGemmProblem(a, transA, b, transB, c)
+	if err != nil {
+		return err
+	}
+	d := s.Device()
+	if a.Device() != d || b.Device() != d || c.Device() != d {
+		return fmt.Errorf("gemm: the tensors and the stream belong to different devices")
+	}
+	k := chooseGemmKernel(d.Info, p.m, p.n)
+	return p.record(s, k, alpha, beta)
+}
+
+// gemmOperand is one matrix of a GEMM: its tensor and the element strides of
+// its two logical dimensions and of its batch (0 when shared by all batches).
+type gemmOperand struct {
+	t        *Tensor
+	s0, s1   int // strides of (m, k) for A, (k, n) for B, (m, n) for C
+	batch    int // stride between batches, 0 for a shared 2-D operand
+	writable bool
+}
+
+// first and count give the element range an (i0..i1) x (j0..j1) block of
+// batch z touches, from its first to its last element.
+func (o gemmOperand) span(z, i0, i1, j0, j1 int) (first, count int) {
+	first = z*o.batch + i0*o.s0 + j0*o.s1
+	last := z*o.batch + (i1-1)*o.s0 + (j1-1)*o.s1
+	return first, last - first + 1
+}
+
+type gemmProblem struct {
+	m, n, k, batch int
+	a, b, c        gemmOperand
+}
+
+// matrixDims returns the batch (1 for a 2-D tensor), rows and columns of a
+// GEMM operand, or an error naming it.
+func matrixDims(name string, t *Tensor) (batch, rows, cols int, err error) {
+	if t == nil {
+		return 0, 0, 0, fmt.Errorf("gemm: %s is nil", name)
+	}
+	if !t.Contiguous() {
+		return 0, 0, 0, fmt.Errorf("gemm: %s %v is a strided view: make it contiguous first", name, t.shape)
+	}
+	switch len(t.shape) {
+	case 2:
+		return 1, t.shape[0], t.shape[1], nil
+	case 3:
+		return t.shape[0], t.shape[1], t.shape[2], nil
+	}
+	return 0, 0, 0, fmt.Errorf("gemm: %s has shape %v; want [rows, cols] or [batch, rows, cols]", name, t.shape)
+}
+
+func newGemmProblem(a *Tensor, transA bool, b *Tensor, transB bool, c *Tensor) (*gemmProblem, error) {
+	ba, ra, ca, err := matrixDims("A", a)
+	if err != nil {
+		return nil, err
+	}
+	bb, rb, cb, err := matrixDims("B", b)
+	if err != nil {
+		return nil, err
+	}
+	bc, rc, cc, err := matrixDims("C", c)
+	if err != nil {
+		return nil, err
+	}
+	m, k := ra, ca
+	if transA {
+		m, k = ca, ra
+	}
+	kb, n := rb, cb
+	if transB {
+		kb, n = cb, rb
+	}
+	if k != kb {
+		return nil, fmt.Errorf("gemm: op(A) is %dx%d and op(B) is %dx%d: inner dimensions differ (A %v transA=%v, B %v transB=%v)",
+			m, k, kb, n, a.shape, transA, b.shape, transB)
+	}
+	if rc != m || cc != n {
+		return nil, fmt.Errorf("gemm: C has shape %v, want %dx%d matrices for op(A) %dx%d times op(B) %dx%d", c.shape, m, n, m, k, k, n)
+	}
+	for _, o := range []struct {
+		name  string
+		t     *Tensor
+		batch int
+	}{{"A", a, ba}, {"B", b, bb}} {
+		if len(o.t.shape) == 3 && o.batch != bc {
+			return nil, fmt.Errorf("gemm: %s has %d batches but C has %d (C %v): a 3-D operand needs one matrix per batch of C",
+				o.name, o.batch, bc, c.shape)
+		}
+	}
+	for _, o := range []struct {
+		name string
+		t    *Tensor
+	}{{"A", a}, {"B", b}} {
+		if o.t.buf == c.buf && o.t.offset < c.offset+c.Len() && c.offset < o.t.offset+o.t.Len() {
+			return nil, fmt.Errorf("gemm: C overlaps %s; write the product to another tensor", o.name)
+		}
+	}
+	p := &gemmProblem{m: m, n: n, k: k, batch: bc}
+	p.a = gemmOperand{t: a, s0: ca, s1: 1}
+	if transA {
+		p.a.s0, p.a.s1 = 1, ca
+	}
+	p.b = gemmOperand{t: b, s0: cb, s1: 1}
+	if transB {
+		p.b.s0, p.b.s1 = 1, cb
+	}
+	p.c = gemmOperand{t: c, s0: n, s1: 1, writable: true}
+	if len(a.shape) == 3 {
+		p.a.batch = ra * ca
+	}
+	if len(b.shape) == 3 {
+		p.b.batch = rb * cb
+	}
+	if len(c.shape) == 3 {
+		p.c.batch = m * n
+	}
+	return p, nil
+}
+
+// gemmKernel is a GEMM shader with its tile sizes, all of them
+// specialization constants of the shader.
+type gemmKernel struct {
+	name string
+	spec []uint32
+	// A workgroup covers tileM x tileN outputs.
+	tileM, tileN int
+	// maxK bounds the K extent of one dispatch (0: no bound).
+	maxK int
+}
+
+// Tile sizes of gemm.comp on CPU devices (see the shader). A workgroup is
+// one 8-wide subgroup; each lane computes gemmCPURows x gemmCPUCols outputs,
+// which llvmpipe keeps in registers and on the stack. Measured on lavapipe at
+// 1024^3 (GFLOP/s per CPU second, variants timed round-robin in one process):
+// 24x16 14.8, 40x8 13.9, 24x20 14.2, 32x12 13.1, 16x24 11.1 (all with B read
+// as vec4); B read as scalars costs 15-20% more; all lanes loading A instead
+// of the subgroup broadcast about 20% more. Bigger tiles compile for longer
+// (24x16: 7 s, 32x32: 100 s) and overflow the instruction cache.
+const (
+	gemmCPUWG   = 8
+	gemmCPURows = 24
+	gemmCPUCols = 16
+	// One dispatch covers at most this much of K; longer sums are cut into
+	// pieces that add to C. That keeps llvmpipe's loops below its limit of
+	// 65535 iterations and blocks the float32 sum.
+	gemmCPUMaxK = 4096
+)
+
+// chooseGemmKernel picks the kernel and tile sizes for a device and an
+// m x n output: on CPU devices the register-blocked gemm.comp with tiles
+// shrunk for thin matrices, elsewhere the shared-memory gemm_tiled.comp.
+func chooseGemmKernel(info vk.DeviceInfo, m, n int) gemmKernel {
+	if info.Type != "cpu" {
+		return gpuGemmKernel(info)
+	}
+	// The broadcast of A's rows is written for 8-wide subgroups, llvmpipe's
+	// width with 256-bit vectors; other widths load A in every lane.
+	wg, bcast := gemmCPUWG, uint32(1)
+	if info.SubgroupSize != gemmCPUWG {
+		wg, bcast = max(int(info.SubgroupSize), 1), 0
+	}
+	tm := min(gemmCPURows, ceilDiv(m, 8)*8) // a multiple of 8 rows
+	if bcast == 0 {
+		tm = 16
+		for tm > 1 && tm/2 >= m {
+			tm /= 2
+		}
+	}
+	tn := gemmCPUCols
+	for tn > 1 && wg*tn/2 >= n {
+		tn /= 2
+	}
+	return gemmKernel{
+		name: "gemm",
+		// The last two constants (BV4, BK4) are set per dispatch.
+		spec:  []uint32{uint32(wg), uint32(tm), uint32(tn), bcast, 0, 0},
+		tileM: tm, tileN: wg * tn,
+		maxK: gemmCPUMaxK,
+	}
+}
+
+// gpuGemmKernel configures gemm_tiled.comp: a 64x64 output tile per
+// workgroup of 256 invocations (4x4 outputs each), K in steps of 16 through
+// shared memory, sized down where the device allows less.
+func gpuGemmKernel(info vk.DeviceInfo) gemmKernel {
+	bm, bn, bk, tm, tn := 64, 64, 16, 4, 4
+	if info.MaxWorkgroupSize > 0 && info.MaxWorkgroupSize < 256 {
+		bm, bn = 32, 32 // 64 invocations of 4x4
+	}
+	if need := uint32(4 * bk * (bm + bn + 2)); info.MaxSharedMemory > 0 && info.MaxSharedMemory < need {
+		bk = 8
+	}
+	wg := (bm / tm) * (bn / tn)
+	return gemmKernel{
+		name:  "gemm_tiled",
+		spec:  []uint32{uint32(wg), uint32(bm), uint32(bn), uint32(bk), uint32(tm), uint32(tn)},
+		tileM: bm, tileN: bn,
+	}
+}
+
+// maxBatchGroups is the number of batches one dispatch covers (the z extent
+// of the workgroup grid every device allows).
+const maxBatchGroups = 65535
+
+// record dispatches the GEMM. When every operand lies in one buffer segment,
+// one dispatch covers all batches; otherwise each batch is cut into boxes of
+// (m, n, k) whose operands each lie in one segment. Later pieces along k add
+// to what the earlier ones wrote (beta = 1).
+func (p *gemmProblem) record(s *vk.Stream, k gemmKernel, alpha, beta float32) error {
+	ops := []gemmOperand{p.a, p.b, p.c}
+	whole := k.maxK == 0 || p.k <= k.maxK
+	for _, o := range ops {
+		if _, _, ok := o.t.locate(0, o.t.Len(), o.writable); !ok {
+			whole = false
+		}
+	}
+	if whole {
+		for z0 := 0; z0 < p.batch; z0 += maxBatchGroups {
+			nz := min(maxBatchGroups, p.batch-z0)
+			if err := p.dispatch(s, k, box{hi: [3]int{p.m, p.n, p.k}}, z0, nz, alpha, beta); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for z := 0; z < p.batch; z++ {
+		pieces, err := p.pieces(z, k.maxK)
+		if err != nil {
+			return err
+		}
+		for _, bx := range pieces {
+			bt := beta
+			if bx.lo[2] > 0 {
+				bt = 1
+			}
+			if err := p.dispatch(s, k, bx, z, 1, alpha, bt); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// pieces cuts the (m, n, k) box of batch z into pieces whose operands each
+// lie in one buffer segment, and whose k extent is at most maxK (0: any).
+// Each operand's rows run along one dimension (the one with the larger
+// stride); that dimension is cut where the operand's segments end, so the
+// pieces are as large as the segments allow. A piece that still does not fit
+// (a row longer than a segment) is halved further by split. The pieces of
+// one output block come in order of k, as the beta = 1 accumulation needs.
+func (p *gemmProblem) pieces(z, maxK int) ([]box, error) {
+	ext := [3]int{p.m, p.n, p.k}
+	// Operand rows along each dimension: A spans (m, k), B (k, n), C (m, n).
+	type rows struct {
+		o     gemmOperand
+		other int // the operand's other dimension
+		first bool
+	}
+	var along [3][]rows
+	for _, r := range []struct {
+		o      gemmOperand
+		d0, d1 int
+	}{{p.a, 0, 2}, {p.b, 2, 1}, {p.c, 0, 1}} {
+		if r.o.s0 >= r.o.s1 {
+			along[r.d0] = append(along[r.d0], rows{r.o, r.d1, true})
+		} else {
+			along[r.d1] = append(along[r.d1], rows{r.o, r.d0, false})
+		}
+	}
+	var cuts [3][][2]int
+	for d := 0; d < 3; d++ {
+		ok := func(lo, hi int) bool {
+			if d == 2 && maxK > 0 && hi-lo > maxK {
+				return false
+			}
+			for _, r := range along[d] {
+				var first, count int
+				if r.first {
+					first, count = r.o.span(z, lo, hi, 0, ext[r.other])
+				} else {
+					first, count = r.o.span(z, 0, ext[r.other], lo, hi)
+				}
+				if _, _, fits := r.o.t.locate(first, count, r.o.writable); !fits {
+					return false
+				}
+			}
+			return true
+		}
+		cuts[d] = cutGreedy(ext[d], ok)
+	}
+	var out []box
+	for _, cm := range cuts[0] {
+		for _, cn := range cuts[1] {
+			for _, ck := range cuts[2] {
+				bx := box{lo: [3]int{cm[0], cn[0], ck[0]}, hi: [3]int{cm[1], cn[1], ck[1]}}
+				if p.fits(z, bx) {
+					out = append(out, bx)
+					continue
+				}
+				more, err := split(bx, func(b box) bool { return p.fits(z, b) })
+				if err != nil {
+					return nil, fmt.Errorf("gemm: %w", err)
+				}
+				out = append(out, more...)
+			}
+		}
+	}
+	return out, nil
+}
+
+// cutGreedy cuts [0, n) into the fewest intervals [lo, hi) that ok accepts,
+// taking from each lo the longest one (ok accepts every part of an interval
+// it accepts). Where not even one element is accepted, that element stands
+// alone and the caller splits it further.
+func cutGreedy(n int, ok func(lo, hi int) bool) [][2]int {
+	var out [][2]int
+	for lo := 0; lo < n; {
+		// The longest accepted [lo, hi): binary search on hi in (lo, n].
+		good, bad := lo+1, n+1
+		if !ok(lo, lo+1) {
+			bad = lo + 1
+		}
+		for good+1 < bad {
+			mid := (good + bad) / 2
+			if ok(lo, mid) {
+				good = mid
+			} else {
+				bad = mid
+			}
+		}
+		out = append(out, [2]int{lo, good})
+		lo = good
+	}
+	return out
+}
+
+// ranges returns the element ranges of A, B and C that box bx of batch z
+// touches.
+func (p *gemmProblem) ranges(z int, bx box) [3][2]int {
+	var r [3][2]int
+	r[0][0], r[0][1] = p.a.span(z, bx.lo[0], bx.hi[0], bx.lo[2], bx.hi[2])
+	r[1][0], r[1][1] = p.b.span(z, bx.lo[2], bx.hi[2], bx.lo[1], bx.hi[1])
+	r[2][0], r[2][1] = p.c.span(z, bx.lo[0], bx.hi[0], bx.lo[1], bx.hi[1])
+	return r
+}
+
+func (p *gemmProblem) fits(z int, bx box) bool {
+	r := p.ranges(z, bx)
+	for i, o := range []gemmOperand{p.a, p.b, p.c} {
+		if _, _, ok := o.t.locate(r[i][0], r[i][1], o.writable); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// dispatch records one kernel launch over box bx of batches [z0, z0+nz).
+// With nz > 1 every operand must lie in one segment (the batch strides step
+// through it).
+func (p *gemmProblem) dispatch(s *vk.Stream, k gemmKernel, bx box, z0, nz int, alpha, beta float32) error {
+	ops := []gemmOperand{p.a, p.b, p.c}
+	var r [3][2]int
+	if nz == 1 {
+		r = p.ranges(z0, bx)
+	} else {
+		// The whole problem: bind from the first batch's origin to the end.
+		for i, o := range ops {
+			r[i][0] = z0 * o.batch
+			r[i][1] = o.t.Len() - r[i][0]
+		}
+	}
+	args := make([]vk.Arg, 3)
+	offs := make([]uint32, 3)
+	for i, o := range ops {
+		arg, rel, ok := o.t.locate(r[i][0], r[i][1], o.writable)
+		if !ok {
+			return fmt.Errorf("gemm: internal error: operand %d range %v crosses a buffer segment", i, r[i])
+		}
+		args[i], offs[i] = arg, rel
+	}
+	mp, np, kp := bx.size(0), bx.size(1), bx.size(2)
+	tilesM := ceilDiv(mp, k.tileM)
+	tilesN := ceilDiv(np, k.tileN)
+	groups := Grid(tilesM * tilesN)
+	groups[2] = uint32(nz)
+	spec := k.spec
+	if k.name == "gemm" && len(spec) == 6 {
+		// Read B as vec4 along N (BV4) or along K (BK4) where every vec4
+		// is aligned.
+		spec = append([]uint32(nil), spec...)
+		spec[4], spec[5] = 0, 0
+		aligned := offs[1]%4 == 0 && p.b.batch%4 == 0
+		switch {
+		case aligned && p.b.s1 == 1 && p.b.s0%4 == 0 && np%4 == 0 && spec[2]%4 == 0:
+			spec[4] = 1
+		case aligned && p.b.s0 == 1 && p.b.s1%4 == 0 && kp%4 == 0:
+			spec[5] = 1
+		}
+	}
+	pc := Push{}.U32(uint32(mp), uint32(np), uint32(kp)).U32(offs...).
+		I32(p.a.s0, p.a.s1, p.b.s0, p.b.s1, p.c.s0, p.c.s1).
+		I32(p.a.batch, p.b.batch, p.c.batch).
+		U32(uint32(tilesM)).F32(alpha, beta)
+	return Launch(s, k.name, spec, groups, pc, args...)
 }

@@ -115,7 +115,7 @@ func reduce(s *vk.Stream, name string, dst, x *Tensor, axis, op int, div func(n 
 		first, count = yRange(b)
 		yArg, yOff, _ := dst.locate(first, count, true)
 		p := Push{}.U32(uint32(po), uint32(pi), uint32(n), uint32(inner), uint32(n*inner), w.off).
-			u32(w.ends[:]...).U32(yOff, uint32(inner)).F32(div(n))
+			U32(w.ends[:]...).U32(yOff, uint32(inner)).F32(div(n))
 		if err := Launch(s, "reduce", []uint32{uint32(wg), uint32(ty), uint32(op), uint32(len(w.args))},
 			Grid(ceilDiv(po*pi, tx)), p, append(w.bindings(), yArg)...); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
