@@ -35,11 +35,10 @@ layout(push_constant) uniform Push {
 	uint zOff, xOff, hOff, vOff, gOff;
 };
 
-shared float keys[NMAX];
-shared uint rows[NMAX];
+shared uvec2 kv[NMAX];
 
-#define SORTED_KEY(i) keys[i]
-#define SORTED_ROW(i) rows[i]
+#define SORTED_KEY(i) uintBitsToFloat(kv[i].x)
+#define SORTED_ROW(i) kv[i].y
 #include "bound.glsl"
 #include "e2mc.glsl"
 
@@ -57,12 +56,12 @@ void main() {
 			v = z[zOff + i * d + col];
 			sum += bound_value(BOUND, v);
 		}
-		keys[i] = v;
+		kv[i].x = floatBitsToUint(v);
 	}
 	float mean = wg_sum(sum) / float(n);
 	float sq = 0.0;
 	for (uint i = t; i < n; i += WG) {
-		float c = bound_value(BOUND, keys[i]) - mean;
+		float c = bound_value(BOUND, uintBitsToFloat(kv[i].x)) - mean;
 		x[xOff + i * d + col] = c;
 		sq += c * c;
 	}
@@ -71,7 +70,7 @@ void main() {
 		variance[vOff + col] = ss / float(n - 1u);
 	}
 	for (uint i = t; i < npad; i += WG) {
-		rows[i] = i;
+		kv[i].y = i;
 	}
 	barrier();
 

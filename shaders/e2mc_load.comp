@@ -22,8 +22,7 @@ layout(push_constant) uniform Push {
 	uint zOff, xOff, vOff, kOff, rOff;
 };
 
-shared float keys[1];
-shared uint rows[NMAX];
+shared uvec2 kv[NMAX];
 
 #include "bound.glsl"
 #include "e2mc.glsl"

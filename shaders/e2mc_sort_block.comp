@@ -18,8 +18,7 @@ layout(push_constant) uniform Push {
 	uint kOff, rOff;
 };
 
-shared float keys[NMAX];
-shared uint rows[NMAX];
+shared uvec2 kv[NMAX];
 
 const uint BOUND = 0u; // unused here
 #include "e2mc.glsl"
@@ -35,8 +34,7 @@ void main() {
 	uint base = col * npad + start;
 	uint t = gl_LocalInvocationID.x;
 	for (uint i = t; i < NMAX; i += WG) {
-		keys[i] = skey[kOff + base + i];
-		rows[i] = srow[rOff + base + i];
+		kv[i] = uvec2(floatBitsToUint(skey[kOff + base + i]), srow[rOff + base + i]);
 	}
 	barrier();
 	if (k == 0u) {
@@ -45,7 +43,7 @@ void main() {
 		bitonic_shared(start, NMAX, k, k, NMAX / 2u);
 	}
 	for (uint i = t; i < NMAX; i += WG) {
-		skey[kOff + base + i] = keys[i];
-		srow[rOff + base + i] = rows[i];
+		skey[kOff + base + i] = uintBitsToFloat(kv[i].x);
+		srow[rOff + base + i] = kv[i].y;
 	}
 }

@@ -22,8 +22,7 @@ layout(push_constant) uniform Push {
 	uint kOff, rOff, hOff, gOff;
 };
 
-shared float keys[1];
-shared uint rows[NMAX];
+shared uvec2 kv[NMAX];
 
 uint colBase;
 #define SORTED_KEY(i) skey[kOff + colBase + (i)]

@@ -4,7 +4,8 @@
 //
 // An including kernel declares before the #include:
 //   const uint WG (invocations, a power of two), const uint NMAX,
-//   shared float keys[NMAX]; shared uint rows[NMAX];
+//   shared uvec2 kv[NMAX] (x: the key's float bits, y: its row; one 64-bit
+//   access per element halves lavapipe's per-lane memory loops);
 //   and, for column_spacings, const uint BOUND and macros SORTED_KEY(i) and
 //   SORTED_ROW(i). Keys are the unbounded values: the bounds are increasing,
 //   and bound_diff measures spacings from them (see bound.glsl).
@@ -13,35 +14,35 @@
 
 #include "bound.glsl"
 
-// wg_sum sums one value per invocation over the workgroup, using rows[] as
-// scratch (callers must not need rows[] across the call); every invocation
-// gets the total.
+// wg_sum sums one value per invocation over the workgroup, using the row
+// halves kv[].y as scratch (callers must not need them across the call);
+// every invocation gets the total.
 float wg_sum(float v) {
 	uint t = gl_LocalInvocationID.x;
 	barrier();
-	rows[t] = floatBitsToUint(v);
+	kv[t].y = floatBitsToUint(v);
 	barrier();
 	for (uint s = WG / 2u; s > 0u; s >>= 1u) {
 		if (t < s) {
-			rows[t] = floatBitsToUint(uintBitsToFloat(rows[t]) + uintBitsToFloat(rows[t + s]));
+			kv[t].y = floatBitsToUint(uintBitsToFloat(kv[t].y) + uintBitsToFloat(kv[t + s].y));
 		}
 		barrier();
 	}
-	float total = uintBitsToFloat(rows[0]);
+	float total = uintBitsToFloat(kv[0].y);
 	barrier();
 	return total;
 }
 
-// before reports whether shared element a sorts before element b: by value,
-// ties by row, which is the order of a stable sort.
-bool before_shared(uint a, uint b) {
-	float ka = keys[a], kb = keys[b];
-	return ka < kb || (ka == kb && rows[a] < rows[b]);
+// before reports whether element a sorts before element b: by value, ties by
+// row, which is the order of a stable sort.
+bool before(uvec2 a, uvec2 b) {
+	float ka = uintBitsToFloat(a.x), kb = uintBitsToFloat(b.x);
+	return ka < kb || (ka == kb && a.y < b.y);
 }
 
 // bitonic_shared runs the bitonic stages k in [kLo, kHi] (powers of two), and
 // in each the steps j from min(k/2, jTop) down to 1, over the len elements of
-// shared memory. base is the index of keys[0] in the whole column, which sets
+// shared memory. base is the index of kv[0] in the whole column, which sets
 // each pair's direction, so blocks of a longer column sort consistently.
 void bitonic_shared(uint base, uint len, uint kLo, uint kHi, uint jTop) {
 	uint t = gl_LocalInvocationID.x;
@@ -52,13 +53,10 @@ void bitonic_shared(uint base, uint len, uint kLo, uint kHi, uint jTop) {
 				uint a = ((p & ~(j - 1u)) << 1u) | (p & (j - 1u));
 				uint b = a + j;
 				bool up = ((base + a) & k) == 0u;
-				if (before_shared(b, a) == up) {
-					float kt = keys[a];
-					keys[a] = keys[b];
-					keys[b] = kt;
-					uint rt = rows[a];
-					rows[a] = rows[b];
-					rows[b] = rt;
+				uvec2 ea = kv[a], eb = kv[b];
+				if (before(eb, ea) == up) {
+					kv[a] = eb;
+					kv[b] = ea;
 				}
 			}
 			barrier();
