@@ -24,6 +24,9 @@ type allocator struct {
 	dev      *Device
 	memType  uint32
 	heapSize int64
+	// allowed are the memory types a storage buffer may live in; Vulkan
+	// guarantees they are the same for every buffer of the same usage.
+	allowed uint32
 
 	mu     sync.Mutex
 	blocks []*block
@@ -55,7 +58,7 @@ func newAllocator(d *Device) (*allocator, error) {
 	if !ok {
 		return nil, fmt.Errorf("no memory type holds storage buffers")
 	}
-	a.memType, a.heapSize = t, heap
+	a.memType, a.heapSize, a.allowed = t, heap, req.MemoryTypeBits
 	return a, nil
 }
 
@@ -255,20 +258,14 @@ type hostBuffer struct {
 
 func (d *Device) newHostBuffer(size int64) (*hostBuffer, error) {
 	a := d.mem
-	buf, req, err := a.createBuffer(size)
-	if err != nil {
-		return nil, err
-	}
 	want := vulkan.MemoryPropertyHostVisibleBit | vulkan.MemoryPropertyHostCoherentBit
-	t, _, ok := findMemoryType(d.physical, req.MemoryTypeBits, want|vulkan.MemoryPropertyHostCachedBit)
+	t, _, ok := findMemoryType(d.physical, a.allowed, want|vulkan.MemoryPropertyHostCachedBit)
 	if !ok {
-		t, _, ok = findMemoryType(d.physical, req.MemoryTypeBits, want)
+		t, _, ok = findMemoryType(d.physical, a.allowed, want)
 	}
 	if !ok {
-		vulkan.DestroyBuffer(d.handle, buf, nil)
 		return nil, fmt.Errorf("no host-visible coherent memory for staging")
 	}
-	vulkan.DestroyBuffer(d.handle, buf, nil)
 	b, err := a.newBlock(size, t)
 	if err != nil {
 		return nil, err
