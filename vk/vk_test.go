@@ -194,3 +194,50 @@ func TestTimestamps(t *testing.T) {
 		t.Fatalf("timings %+v", tm)
 	}
 }
+
+// TestBarriersOnlyOnHazards checks the stream's hazard tracking: independent
+// dispatches share one barrier-free stretch, and a dispatch touching what an
+// earlier one wrote (or writing what one read) gets a barrier. The validation
+// run's synchronization validation checks that none is missing.
+func TestBarriersOnlyOnHazards(t *testing.T) {
+	d := vktest.Device(t)
+	k, err := d.Kernel("fill", 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args [3]vk.Arg
+	for i := range args {
+		b, err := d.NewBuffer(256, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Release()
+		args[i], _, _ = b.Locate(0, 256, true)
+	}
+	s, err := d.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p := push(64, 0, math.Float32bits(1))
+	steps := []struct {
+		arg      vk.Arg
+		barriers int // after this dispatch, counting the stream's opening one
+	}{
+		{args[0], 1}, {args[1], 1}, {args[2], 1}, // independent
+		{args[1], 2}, // writes what the second wrote
+		{args[0], 2}, // independent of the last stretch
+		{args[0], 3}, // again
+	}
+	for i, st := range steps {
+		if err := s.Dispatch(k, [3]uint32{1, 1, 1}, p, st.arg); err != nil {
+			t.Fatal(err)
+		}
+		if _, got := s.Stats(); got != st.barriers {
+			t.Errorf("after dispatch %d: %d barriers, want %d", i, got, st.barriers)
+		}
+	}
+	if err := s.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
