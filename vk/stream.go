@@ -27,6 +27,10 @@ type Stream struct {
 	dispatches    int
 	barriers      int
 
+	// done runs after the recorded work has finished (or was discarded):
+	// it releases what the work needed, such as temporary buffers.
+	done []func()
+
 	queries vulkan.QueryPool
 	marks   []string // labels of this recording's timestamps
 	timed   []string // labels of the last Run's timestamps
@@ -238,6 +242,11 @@ func (s *Stream) descriptorSet() (vulkan.DescriptorSet, error) {
 	return sets[0], nil
 }
 
+// AfterRun registers f to run once the work recorded so far has finished,
+// at the end of the next Run (also when it fails), or at Close. Ops use it
+// to release temporary buffers their dispatches read or write.
+func (s *Stream) AfterRun(f func()) { s.done = append(s.done, f) }
+
 // Mark records a GPU timestamp named label; after Run, Timings reports the
 // time between consecutive marks. Without EnableTimestamps it does nothing.
 func (s *Stream) Mark(label string) error {
@@ -279,6 +288,7 @@ func (s *Stream) Stats() (dispatches, barriers int) { return s.dispatches, s.bar
 // readies the stream for reuse. A stream with nothing recorded returns at once.
 func (s *Stream) Run(ctx context.Context) error {
 	if !s.recording {
+		s.reset()
 		return nil
 	}
 	// Make device writes visible to the host for downloads.
@@ -340,6 +350,10 @@ func (s *Stream) wait(ctx context.Context) error {
 }
 
 func (s *Stream) reset() {
+	for _, f := range s.done {
+		f()
+	}
+	s.done = s.done[:0]
 	vulkan.ResetCommandBuffer(s.cmd, 0)
 	for _, p := range s.descPools {
 		vulkan.ResetDescriptorPool(s.dev.handle, p, 0)
@@ -365,6 +379,10 @@ func (s *Stream) Close() {
 		vulkan.EndCommandBuffer(s.cmd)
 		s.recording = false
 	}
+	for _, f := range s.done {
+		f()
+	}
+	s.done = nil
 	for _, p := range s.descPools {
 		vulkan.DestroyDescriptorPool(h, p, nil)
 	}

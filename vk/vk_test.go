@@ -241,3 +241,32 @@ func TestBarriersOnlyOnHazards(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestAfterRun(t *testing.T) {
+	d := vktest.Device(t)
+	s, err := d.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b, err := d.NewBuffer(1024, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := d.Kernel("fill", 64)
+	arg, _, _ := b.Locate(0, 1024, true)
+	if err := s.Dispatch(k, [3]uint32{4, 1, 1}, push(256, 0, math.Float32bits(3)), arg); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	s.AfterRun(func() { b.Release(); released = true })
+	if released {
+		t.Fatal("released before the run")
+	}
+	if err := s.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !released {
+		t.Fatal("not released after the run")
+	}
+}

@@ -50,22 +50,16 @@ func e2mcCase(n, d int, backward bool) benchCase {
 			}
 		}
 		crit := &e2mc.Criterion{Params: e2mc.Params{Bound: e2mc.BoundSigmoid, Eps: e2mc.DefaultEps}}
-		var last *e2mc.Recording
 		return &workload{
 			record: func(s *vk.Stream) error {
-				if last != nil {
-					last.Release() // the previous run has finished
+				r, err := crit.Record(s, z, grad, 5, 1)
+				if err != nil {
+					return err
 				}
-				var err error
-				last, err = crit.Record(s, z, grad, 5, 1)
-				return err
+				s.AfterRun(r.Release)
+				return nil
 			},
-			release: func() {
-				if last != nil {
-					last.Release()
-				}
-				ts.release()
-			},
+			release: ts.release,
 		}, nil
 	}
 	return c
