@@ -143,15 +143,32 @@ type gemmKernel struct {
 
 // Tile sizes of gemm.comp on CPU devices (see the shader). A workgroup is
 // one 8-wide subgroup; each lane computes gemmCPURows x gemmCPUCols outputs,
-// which llvmpipe keeps in registers and on the stack. Measured on lavapipe at
-// 1024^3 (GFLOP/s per CPU second, variants timed round-robin in one process):
+// which llvmpipe keeps in registers and on the stack. 16x16 is the fastest
+// tile on Mesa 25 and builds in half the time of 24x16 (below).
+//
+// First measured on Mesa 22.3 lavapipe at 1024^3 (GFLOP/s per CPU second,
+// variants timed round-robin in one process):
 // 24x16 14.8, 40x8 13.9, 24x20 14.2, 32x12 13.1, 16x24 11.1 (all with B read
 // as vec4); B read as scalars costs 15-20% more; all lanes loading A instead
 // of the subgroup broadcast about 20% more. Bigger tiles compile for longer
 // (24x16: 7 s, 32x32: 100 s) and overflow the instruction cache.
+//
+// Re-measured on Mesa 25.0.7 (llvmpipe, LLVM 15, 256 bits; 2 shared cores,
+// medians of round-robin runs, BenchmarkGemmVariants). SSBO loads are still
+// one scalar load and bounds check per lane, even where the address is the
+// same for every lane, and a*b+c is not fused (fma() measures the same). So
+// the broadcast of A still wins: all lanes loading A, 8x8 12.3 vs 15.8 with
+// the broadcast, and 4x4 to 8x8 tiles without it 6-12 (24x16 at that time:
+// 17). Tiles, GFLOP/s in three runs (the load of the other core varied):
+// 24x16 33.2 / 12.6 / 17.8, 16x16 41.9 / 18.3 / 22.9, 16x12 - / 19.3 / 22.2,
+// 16x8 - / 14.6 / 20.4: 16x16 and 16x12 are 25-45% faster than 24x16 and
+// 16x8 about 15% (all pass the correctness tests). Pipeline builds without the shader cache: 24x16 61 s,
+// 16x16 25-30 s, 16x12 17 s, 24x8 16 s, 16x8 7-10 s, 8x16 8 s, 8x8 2 s;
+// without the broadcast 24x16 takes 95 s. Mesa's on-disk shader cache
+// hides these after the first run.
 const (
 	gemmCPUWG   = 8
-	gemmCPURows = 24
+	gemmCPURows = 16
 	gemmCPUCols = 16
 	// One dispatch covers at most this much of K; longer sums are cut into
 	// pieces that add to C. That keeps llvmpipe's loops below its limit of

@@ -3,6 +3,10 @@ package layers
 import (
 	"context"
 	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,5 +62,98 @@ func BenchmarkGemm(b *testing.B) {
 			}
 			b.ReportMetric(2*float64(m)*float64(n)*float64(k)*float64(b.N)/total.Seconds()/1e9, "GFLOP/s")
 		})
+	}
+}
+
+// BenchmarkGemmVariants compares gemm.comp tile configurations on the test
+// device at M x N x K (GEMM_SHAPE, default 1024x1024x1024), timing them
+// round-robin in one process, as a shared machine's noise demands, and
+// reporting each one's median GFLOP/s and its pipeline build time. Variants
+// come from GEMM_VARIANTS: "wg,tm,tn,bcast[,mode];..." (spec constants).
+//
+//	GEMM_VARIANTS='8,24,16,1;8,8,32,0' go test ./layers -run '^$' -bench GemmVariants
+func BenchmarkGemmVariants(b *testing.B) {
+	vs := os.Getenv("GEMM_VARIANTS")
+	if vs == "" {
+		b.Skip("GEMM_VARIANTS is not set")
+	}
+	m, n, k := 1024, 1024, 1024
+	if s := os.Getenv("GEMM_SHAPE"); s != "" {
+		if _, err := fmt.Sscanf(s, "%dx%dx%d", &m, &n, &k); err != nil {
+			b.Fatalf("GEMM_SHAPE=%q: %v", s, err)
+		}
+	}
+	rounds := 7
+	if s := os.Getenv("GEMM_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
+	var kerns []gemmKernel
+	for _, v := range strings.Split(vs, ";") {
+		var f []uint32
+		for _, x := range strings.Split(v, ",") {
+			u, err := strconv.Atoi(strings.TrimSpace(x))
+			if err != nil {
+				b.Fatalf("GEMM_VARIANTS: %q: %v", v, err)
+			}
+			f = append(f, uint32(u))
+		}
+		spec := append(f[:4:4], 0, 0)
+		if len(f) > 4 {
+			spec = append(spec, f[4:]...)
+		}
+		kerns = append(kerns, gemmKernel{name: "gemm", spec: spec, tileM: int(f[1]), tileN: int(f[0] * f[2]), maxK: gemmCPUMaxK})
+	}
+	d := vktest.Device(b)
+	ctx := context.Background()
+	x, err := FromHost(ctx, d, randn(1, m*k), m, k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer x.Release()
+	y, err := FromHost(ctx, d, randn(2, k*n), k, n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer y.Release()
+	z, err := New(d, m, n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer z.Release()
+	s, err := d.NewStream()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	p, err := newGemmProblem(x, false, y, false, z)
+	if err != nil {
+		b.Fatal(err)
+	}
+	step := func(kern gemmKernel) time.Duration {
+		t0 := time.Now()
+		if err := p.record(s, kern, 1, 0); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := s.Run(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if kern.name == "" {
+			return t1.Sub(t0)
+		}
+		return time.Since(t1)
+	}
+	for _, kern := range kerns {
+		b.Logf("%v: pipeline and first run %v", kern.spec, step(kern)) // builds the pipeline
+	}
+	rates := make([][]float64, len(kerns))
+	for r := 0; r < rounds; r++ {
+		for i, kern := range kerns {
+			rates[i] = append(rates[i], 2*float64(m)*float64(n)*float64(k)/step(kern).Seconds()/1e9)
+		}
+	}
+	for i, kern := range kerns {
+		sort.Float64s(rates[i])
+		b.Logf("%v: median %.1f GFLOP/s (min %.1f, max %.1f)", kern.spec, rates[i][len(rates[i])/2], rates[i][0], rates[i][len(rates[i])-1])
 	}
 }

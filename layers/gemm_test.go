@@ -221,7 +221,7 @@ func TestGemmVariants(t *testing.T) {
 // TestGemmKernelChoice checks that tile sizes follow the device and the shape.
 func TestGemmKernelChoice(t *testing.T) {
 	cpu := vk.DeviceInfo{Type: "cpu", SubgroupSize: 8}
-	if k := chooseGemmKernel(cpu, 1000, 1000); k.name != "gemm" || k.tileM != 24 || k.tileN != 128 || k.spec[3] != 1 {
+	if k := chooseGemmKernel(cpu, 1000, 1000); k.name != "gemm" || k.tileM != 16 || k.tileN != 128 || k.spec[3] != 1 {
 		t.Errorf("cpu, large: %+v", k)
 	}
 	if k := chooseGemmKernel(cpu, 1, 5); k.tileM != 8 || k.tileN != 8 {
