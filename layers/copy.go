@@ -24,7 +24,7 @@ const (
 
 // maxCopyRank is the highest rank of a strided source Copy takes (after
 // merging the dimensions that are contiguous with each other).
-const maxCopyRank = 6
+const maxCopyRank = maxRank
 
 // Copy records copying src into dst, which is contiguous and has src's shape.
 // src may be any strided view (Transpose, Reshape) of rank up to 6; a
@@ -101,7 +101,7 @@ func copyStrided(s *vk.Stream, dst, src *Tensor) error {
 	// extent returns the first element and the count of elements from the
 	// first to the last one that a box of the index space touches in a tensor
 	// with strides st (all non-negative).
-	extent := func(b copyBox, st []int) (first, count int) {
+	extent := func(b box, st []int) (first, count int) {
 		hi := 0
 		for d := 0; d < r; d++ {
 			first += b.lo[d] * st[d]
@@ -109,9 +109,9 @@ func copyStrided(s *vk.Stream, dst, src *Tensor) error {
 		}
 		return first, hi - first + 1
 	}
-	var whole copyBox
+	var whole box
 	copy(whole.hi[:], shape)
-	pieces, err := splitCopy(whole, func(b copyBox) int {
+	pieces, err := split(whole, func(b box) int {
 		// The dimension whose halving shrinks the touched ranges most.
 		best, bd := -1, 0
 		for d := 0; d < r; d++ {
@@ -120,7 +120,7 @@ func copyStrided(s *vk.Stream, dst, src *Tensor) error {
 			}
 		}
 		return bd
-	}, func(b copyBox) bool {
+	}, func(b box) bool {
 		first, count := extent(b, dst1)
 		if _, _, ok := dst.locate(first, count, true); !ok {
 			return false
@@ -150,30 +150,6 @@ func copyStrided(s *vk.Stream, dst, src *Tensor) error {
 		}
 	}
 	return nil
-}
-
-// copyBox is a block [lo[d], hi[d]) of a copy's index space.
-type copyBox struct{ lo, hi [maxCopyRank]int }
-
-// splitCopy cuts b into boxes that fits accepts, halving the dimension that
-// pick names.
-func splitCopy(b copyBox, pick func(copyBox) int, fits func(copyBox) bool) ([]copyBox, error) {
-	if fits(b) {
-		return []copyBox{b}, nil
-	}
-	d := pick(b)
-	if b.hi[d]-b.lo[d] <= 1 {
-		return nil, fmt.Errorf("a single element does not fit one buffer segment")
-	}
-	mid := b.lo[d] + (b.hi[d]-b.lo[d])/2
-	lo, hi := b, b
-	lo.hi[d], hi.lo[d] = mid, mid
-	a, err := splitCopy(lo, pick, fits)
-	if err != nil {
-		return nil, err
-	}
-	c, err := splitCopy(hi, pick, fits)
-	return append(a, c...), err
 }
 
 // mergeDims drops the dimensions of size 1 of a view and merges each

@@ -64,35 +64,47 @@ func Launch(s *vk.Stream, name string, spec []uint32, groups [3]uint32, p Push, 
 	return s.Dispatch(k, groups, p, args...)
 }
 
-// box is a block of an op's iteration space, [lo[i], hi[i]) per dimension.
-type box struct{ lo, hi [3]int }
+// maxRank is the most dimensions an op's iteration space has (Copy's views).
+const maxRank = 6
+
+// box is a block of an op's iteration space, [lo[i], hi[i]) per dimension;
+// unused dimensions stay empty (0, 0).
+type box struct{ lo, hi [maxRank]int }
 
 func (b box) size(i int) int { return b.hi[i] - b.lo[i] }
 
-// split cuts b into pieces that fits accepts, halving the longest dimension
-// of a piece that it refuses. This is how every op crosses buffer segments:
-// fits reports whether each operand's elements for a piece lie in one segment.
-func split(b box, fits func(box) bool) ([]box, error) {
-	if fits(b) {
-		return []box{b}, nil
-	}
+// longest picks the longest dimension of b: split's default rule.
+func longest(b box) int {
 	d := 0
-	for i := 1; i < 3; i++ {
+	for i := 1; i < maxRank; i++ {
 		if b.size(i) > b.size(d) {
 			d = i
 		}
 	}
+	return d
+}
+
+// split cuts b into pieces that fits accepts, halving the dimension pick
+// names of each piece that it refuses. This is how every op crosses buffer
+// segments: fits reports whether each operand's elements for a piece lie in
+// one segment; pick says which cut keeps the pieces large for the op's
+// memory layout.
+func split(b box, pick func(box) int, fits func(box) bool) ([]box, error) {
+	if fits(b) {
+		return []box{b}, nil
+	}
+	d := pick(b)
 	if b.size(d) <= 1 {
 		return nil, fmt.Errorf("a single element of the op does not fit one buffer segment")
 	}
 	mid := b.lo[d] + b.size(d)/2
 	lo, hi := b, b
 	lo.hi[d], hi.lo[d] = mid, mid
-	a, err := split(lo, fits)
+	a, err := split(lo, pick, fits)
 	if err != nil {
 		return nil, err
 	}
-	c, err := split(hi, fits)
+	c, err := split(hi, pick, fits)
 	return append(a, c...), err
 }
 
@@ -115,7 +127,7 @@ func elementwise(total int, ops []operand, fn func(n int, args []vk.Arg, offs []
 			return fmt.Errorf("elementwise op: tensor %v has %d elements, want %d", o.t.shape, o.t.Len(), total)
 		}
 	}
-	pieces, err := split(box{hi: [3]int{total, 1, 1}}, func(b box) bool {
+	pieces, err := split(box{hi: [maxRank]int{total}}, longest, func(b box) bool {
 		for _, o := range ops {
 			if _, _, ok := o.t.locate(b.lo[0], b.size(0), o.write); !ok {
 				return false

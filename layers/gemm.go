@@ -247,7 +247,7 @@ func (p *gemmProblem) record(s *vk.Stream, k gemmKernel, alpha, beta float32) er
 	if whole {
 		for z0 := 0; z0 < p.batch; z0 += maxBatchGroups {
 			nz := min(maxBatchGroups, p.batch-z0)
-			if err := p.dispatch(s, k, box{hi: [3]int{p.m, p.n, p.k}}, z0, nz, alpha, beta); err != nil {
+			if err := p.dispatch(s, k, box{hi: [maxRank]int{p.m, p.n, p.k}}, z0, nz, alpha, beta); err != nil {
 				return err
 			}
 		}
@@ -322,12 +322,12 @@ func (p *gemmProblem) pieces(z, maxK int) ([]box, error) {
 	for _, cm := range cuts[0] {
 		for _, cn := range cuts[1] {
 			for _, ck := range cuts[2] {
-				bx := box{lo: [3]int{cm[0], cn[0], ck[0]}, hi: [3]int{cm[1], cn[1], ck[1]}}
+				bx := box{lo: [maxRank]int{cm[0], cn[0], ck[0]}, hi: [maxRank]int{cm[1], cn[1], ck[1]}}
 				if p.fits(z, bx) {
 					out = append(out, bx)
 					continue
 				}
-				more, err := split(bx, func(b box) bool { return p.fits(z, b) })
+				more, err := split(bx, longest, func(b box) bool { return p.fits(z, b) })
 				if err != nil {
 					return nil, fmt.Errorf("gemm: %w", err)
 				}

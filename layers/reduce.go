@@ -93,7 +93,7 @@ func reduce(s *vk.Stream, name string, dst, x *Tensor, axis, op int, div func(n 
 		first = b.lo[0]*inner + b.lo[1]
 		return first, (b.hi[0]-1)*inner + b.hi[1] - first
 	}
-	pieces, err := splitOuterFirst(box{hi: [3]int{outer, inner, 1}}, func(b box) bool {
+	pieces, err := split(box{hi: [maxRank]int{outer, inner}}, outerFirst, func(b box) bool {
 		first, count := xRange(b)
 		if _, ok := bindWindow(x, first, count); !ok {
 			return false
@@ -124,30 +124,15 @@ func reduce(s *vk.Stream, name string, dst, x *Tensor, axis, op int, div func(n 
 	return nil
 }
 
-// splitOuterFirst cuts b (outer, inner) into pieces that fits accepts, halving
-// the outer range before the inner one: whole outer rows are contiguous in
-// memory, so this finds large pieces where split's longest-side rule would
-// shred a short outer range of long rows into single elements.
-func splitOuterFirst(b box, fits func(box) bool) ([]box, error) {
-	if fits(b) {
-		return []box{b}, nil
+// outerFirst picks the outer range of an (outer, inner) box before the inner
+// one: whole outer rows are contiguous in memory, so this finds large pieces
+// where the longest-side rule would shred a short outer range of long rows
+// into single elements.
+func outerFirst(b box) int {
+	if b.size(0) > 1 {
+		return 0
 	}
-	d := 0
-	if b.size(0) == 1 {
-		d = 1
-	}
-	if b.size(d) <= 1 {
-		return nil, fmt.Errorf("one output does not fit")
-	}
-	mid := b.lo[d] + b.size(d)/2
-	lo, hi := b, b
-	lo.hi[d], hi.lo[d] = mid, mid
-	a, err := splitOuterFirst(lo, fits)
-	if err != nil {
-		return nil, err
-	}
-	c, err := splitOuterFirst(hi, fits)
-	return append(a, c...), err
+	return 1
 }
 
 // reduceSplit chooses the workgroup of reduce.comp for m outputs, each a sum
