@@ -357,13 +357,30 @@ func (c *Criterion) recordColumns(s *vk.Stream, z, x, h, variance, gent *layers.
 		layers.Push{}.U32(uint32(n), uint32(d), npad).U32(offs...), args...); err != nil {
 		return err
 	}
-	sorted, soffs, err := bindAll(operand{keys, true}, operand{rows, true})
+	if err := sortPadded(s, keys, rows, wg, nmax); err != nil {
+		return err
+	}
+	args, offs, err = bindAll(operand{keys, false}, operand{rows, false}, operand{h, true}, operand{gent, true})
+	if err != nil {
+		return err
+	}
+	return layers.Launch(s, "e2mc_spacing", []uint32{wg, b2u(grad), uint32(c.Bound)}, layers.Grid(d),
+		append(spacing, layers.Push{}.U32(offs...)...), args...)
+}
+
+// sortPadded records the bitonic sort of each row of keys [D, P] (P a power
+// of two) with its companion rows [D, P], ties by row: blocks of nmax
+// elements sort in shared memory, longer steps run in global memory.
+func sortPadded(s *vk.Stream, keys, rows *layers.Tensor, wg, nmax uint32) error {
+	d, npad := keys.Dim(0), uint32(keys.Dim(1))
+	nmax = min(nmax, npad)
+	sorted, offs, err := bindAll(operand{keys, true}, operand{rows, true})
 	if err != nil {
 		return err
 	}
 	block := func(k uint32) error {
 		return layers.Launch(s, "e2mc_sort_block", []uint32{wg, nmax}, layers.Grid(d*int(npad/nmax)),
-			layers.Push{}.U32(uint32(d), npad, k).U32(soffs...), sorted...)
+			layers.Push{}.U32(uint32(d), npad, k).U32(offs...), sorted...)
 	}
 	if err := block(0); err != nil {
 		return err
@@ -372,7 +389,7 @@ func (c *Criterion) recordColumns(s *vk.Stream, z, x, h, variance, gent *layers.
 	for k := 2 * nmax; k <= npad; k *= 2 {
 		for j := k / 2; j >= nmax; j /= 2 {
 			if err := layers.Launch(s, "e2mc_sort_step", []uint32{256}, layers.Grid((pairs+255)/256),
-				layers.Push{}.U32(uint32(pairs), npad, k, j).U32(soffs...), sorted...); err != nil {
+				layers.Push{}.U32(uint32(pairs), npad, k, j).U32(offs...), sorted...); err != nil {
 				return err
 			}
 		}
@@ -380,12 +397,49 @@ func (c *Criterion) recordColumns(s *vk.Stream, z, x, h, variance, gent *layers.
 			return err
 		}
 	}
-	args, offs, err = bindAll(operand{keys, false}, operand{rows, false}, operand{h, true}, operand{gent, true})
+	return nil
+}
+
+// SortColumns records sorting every column of z [N, D] on its own, ties by
+// row (the order of a stable sort). keys [D, P] receives each column in
+// ascending order, padded to P (N rounded up to a power of two) with +Inf,
+// and rows [D, P] the row each value came from, as uint32 bits (read them
+// with math.Float32bits). The criterion sorts inside its own kernels; this
+// is the sort on its own, for diagnostics and tests.
+func SortColumns(s *vk.Stream, z, keys, rows *layers.Tensor) error {
+	shape := z.Shape()
+	if len(shape) != 2 {
+		return fmt.Errorf("sort columns of shape %v: want [N, D]", shape)
+	}
+	n, d := shape[0], shape[1]
+	npad := 1 << bits.Len32(uint32(n-1))
+	for _, t := range []*layers.Tensor{keys, rows} {
+		if ts := t.Shape(); len(ts) != 2 || ts[0] != d || ts[1] != npad {
+			return fmt.Errorf("sort columns of %v: outputs must be [%d, %d], got %v", shape, d, npad, ts)
+		}
+	}
+	dev := z.Device()
+	x, err := layers.New(dev, n, d)
 	if err != nil {
 		return err
 	}
-	return layers.Launch(s, "e2mc_spacing", []uint32{wg, b2u(grad), uint32(c.Bound)}, layers.Grid(d),
-		append(spacing, layers.Push{}.U32(offs...)...), args...)
+	s.AfterRun(x.Release)
+	variance, err := layers.New(dev, d)
+	if err != nil {
+		return err
+	}
+	s.AfterRun(variance.Release)
+	args, offs, err := bindAll(operand{z, false}, operand{x, true}, operand{variance, true},
+		operand{keys, true}, operand{rows, true})
+	if err != nil {
+		return err
+	}
+	wg, nmax := columnConfig(dev.Info)
+	if err := layers.Launch(s, "e2mc_load", []uint32{wg, uint32(BoundNone)}, layers.Grid(d),
+		layers.Push{}.U32(uint32(n), uint32(d), uint32(npad)).U32(offs...), args...); err != nil {
+		return err
+	}
+	return sortPadded(s, keys, rows, wg, nmax)
 }
 
 // sumSquares records dst[0] = sum of squares of the elements of x. It squares

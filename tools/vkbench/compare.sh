@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs vkbench and, where Debian's PyTorch is installed, torch_bench.py on the
-# same cases, and prints them side by side with the ratio e2mcvk / torch of
-# GFLOP/s (GB/s for bandwidth cases): above 1 means e2mcvk is faster.
+# same cases, and prints them side by side: seconds, GFLOP/s or GB/s, and the
+# ratio of torch's time to e2mcvk's (of e2mcvk's rate to torch's): above 1
+# means e2mcvk is faster.
 #
 # Usage: tools/vkbench/compare.sh [--device N] [--filter REGEX] [--repeat R]
 #                                 [--threads T] [--cuda]
@@ -70,7 +71,9 @@ def load(path):
 with open(sys.argv[1]) as f:
     keys = [tuple(line.strip().split("/", 1)) for line in f if "/" in line]
 ours, theirs = load(sys.argv[2]), load(sys.argv[3])
-keys += [k for k in list(ours) + list(theirs) if k not in keys]
+for k in list(ours) + list(theirs):  # rows --list does not name (a case's parts)
+    if k not in keys:
+        keys.append(k)
 
 def figure(r):
     if r is None:
@@ -87,13 +90,19 @@ def describe(rows):
 
 print("e2mcvk: " + describe(ours))
 print("torch:  " + describe(theirs))
-print("%-6s %-18s %-8s %12s %12s %8s" % ("CASE", "SHAPE", "UNIT", "E2MCVK", "TORCH", "RATIO"))
+def seconds(r):
+    return "%.6f" % r["seconds"] if r else "-"
+
+# RATIO is torch's time over e2mcvk's (the same as the ratio of the rates):
+# above 1 means e2mcvk is faster.
+fmt = "%-13s %-16s %12s %12s %8s %10s %10s %8s"
+print(fmt % ("CASE", "SHAPE", "E2MCVK s", "TORCH s", "UNIT", "E2MCVK", "TORCH", "RATIO"))
 for k in keys:
-    a, unit_a = figure(ours.get(k))
-    b, unit_b = figure(theirs.get(k))
-    unit = unit_a or unit_b
-    ratio = "%.3f" % (a / b) if a and b else "-"
-    print("%-6s %-18s %-8s %12s %12s %8s" % (k[0], k[1], unit,
-          "%.2f" % a if a else "-", "%.2f" % b if b else "-", ratio))
+    ra, rb = ours.get(k), theirs.get(k)
+    a, unit_a = figure(ra)
+    b, unit_b = figure(rb)
+    ratio = "%.3f" % (rb["seconds"] / ra["seconds"]) if ra and rb else "-"
+    print(fmt % (k[0], k[1], seconds(ra), seconds(rb), unit_a or unit_b,
+                 "%.2f" % a if a else "-", "%.2f" % b if b else "-", ratio))
 PY
 exit "$status"
