@@ -23,33 +23,13 @@ func BenchmarkGemm(b *testing.B) {
 	for _, sh := range [][3]int{{256, 256, 256}, {1024, 1024, 1024}, {2048, 2048, 2048}, {3136, 256, 64}} {
 		m, n, k := sh[0], sh[1], sh[2]
 		b.Run(fmt.Sprintf("%dx%dx%d", m, n, k), func(b *testing.B) {
-			ctx := context.Background()
-			x, err := FromHost(ctx, d, randn(1, m*k), m, k)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer x.Release()
-			y, err := FromHost(ctx, d, randn(2, k*n), k, n)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer y.Release()
-			z, err := New(d, m, n)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer z.Release()
-			s, err := d.NewStream()
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
+			x, y, z, s := upload(b, d, randn(1, m*k), m, k), upload(b, d, randn(2, k*n), k, n), empty(b, d, m, n), stream(b, d)
 			step := func() time.Duration {
 				if err := Gemm(s, 1, x, false, y, false, 0, z); err != nil {
 					b.Fatal(err)
 				}
 				t0 := time.Now()
-				if err := s.Run(ctx); err != nil {
+				if err := s.Run(context.Background()); err != nil {
 					b.Fatal(err)
 				}
 				return time.Since(t0)
@@ -104,27 +84,7 @@ func BenchmarkGemmVariants(b *testing.B) {
 		kerns = append(kerns, gemmKernel{name: "gemm", spec: spec, tileM: int(f[1]), tileN: int(f[0] * f[2]), maxK: gemmCPUMaxK})
 	}
 	d := vktest.Device(b)
-	ctx := context.Background()
-	x, err := FromHost(ctx, d, randn(1, m*k), m, k)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer x.Release()
-	y, err := FromHost(ctx, d, randn(2, k*n), k, n)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer y.Release()
-	z, err := New(d, m, n)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer z.Release()
-	s, err := d.NewStream()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	x, y, z, s := upload(b, d, randn(1, m*k), m, k), upload(b, d, randn(2, k*n), k, n), empty(b, d, m, n), stream(b, d)
 	p, err := newGemmProblem(x, false, y, false, z)
 	if err != nil {
 		b.Fatal(err)
@@ -135,7 +95,7 @@ func BenchmarkGemmVariants(b *testing.B) {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		if err := s.Run(ctx); err != nil {
+		if err := s.Run(context.Background()); err != nil {
 			b.Fatal(err)
 		}
 		if kern.name == "" {

@@ -46,7 +46,7 @@ func randn(seed uint64, n int) []float32 {
 }
 
 // upload makes a device tensor of data, released when the test ends.
-func upload(t *testing.T, d *vk.Device, data []float32, shape ...int) *Tensor {
+func upload(t testing.TB, d *vk.Device, data []float32, shape ...int) *Tensor {
 	t.Helper()
 	x, err := FromHost(context.Background(), d, data, shape...)
 	if err != nil {
@@ -57,7 +57,7 @@ func upload(t *testing.T, d *vk.Device, data []float32, shape ...int) *Tensor {
 }
 
 // empty makes an uninitialised device tensor, released when the test ends.
-func empty(t *testing.T, d *vk.Device, shape ...int) *Tensor {
+func empty(t testing.TB, d *vk.Device, shape ...int) *Tensor {
 	t.Helper()
 	x, err := New(d, shape...)
 	if err != nil {
@@ -68,7 +68,7 @@ func empty(t *testing.T, d *vk.Device, shape ...int) *Tensor {
 }
 
 // stream returns a stream on d, closed when the test ends.
-func stream(t *testing.T, d *vk.Device) *vk.Stream {
+func stream(t testing.TB, d *vk.Device) *vk.Stream {
 	t.Helper()
 	s, err := d.NewStream()
 	if err != nil {
