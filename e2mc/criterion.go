@@ -3,6 +3,7 @@ package e2mc
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/bits"
 
 	"github.com/e2mcvk/e2mcvk/layers"
@@ -76,7 +77,29 @@ func (c *Criterion) Loss(ctx context.Context, s *vk.Stream, za, zb, ga, gb *laye
 		return nil, err
 	}
 	total := c.Cov*(a.CovLoss+b.CovLoss) - c.Ent*(a.MeanEntropy+b.MeanEntropy)/2
-	return &Loss{Total: total, A: a, B: b}, nil
+	l := &Loss{Total: total, A: a, B: b}
+	for _, t := range []struct {
+		term string
+		v    float64
+	}{{"entropy of view a", a.MeanEntropy}, {"entropy of view b", b.MeanEntropy},
+		{"covariance of view a", a.CovLoss}, {"covariance of view b", b.CovLoss}} {
+		if math.IsNaN(t.v) || math.IsInf(t.v, 0) {
+			return l, &NonFiniteError{Term: t.term, Value: t.v}
+		}
+	}
+	return l, nil
+}
+
+// NonFiniteError reports a loss term that is NaN or infinite: the
+// embeddings (or the network before them) have diverged. Loss returns it with
+// the loss, so that a caller can log the parts before stopping.
+type NonFiniteError struct {
+	Term  string
+	Value float64
+}
+
+func (e *NonFiniteError) Error() string {
+	return fmt.Sprintf("the E2MC %s is %v: the embeddings hold NaN or Inf values or have diverged; lower the learning rate or resume from the last good checkpoint", e.Term, e.Value)
 }
 
 // Recording is a measurement recorded on a stream: its device memory lives

@@ -2,8 +2,10 @@ package e2mc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/e2mcvk/e2mcvk/internal/oracle"
@@ -154,5 +156,21 @@ func TestDeviceMatchesTorch(t *testing.T) {
 			got, g := deviceView(t, d, z, c.n, c.d, crit)
 			compareMeasurement(t, got, g, o.entropy, o.MeanEntropy, o.CovLoss, combined(o.gradEntropy, o.gradCov, coef))
 		})
+	}
+}
+
+// TestLossNonFinite checks that a NaN in the embeddings ends in an error
+// naming the loss term, not in a silently NaN loss.
+func TestLossNonFinite(t *testing.T) {
+	d := vktest.Device(t)
+	const n, dim = 16, 3
+	z := caseInput(torchCase{n: n, d: dim})
+	bad := append([]float32(nil), z...)
+	bad[5] = float32(math.NaN())
+	crit := &Criterion{Params: Params{Bound: BoundSigmoid, Eps: DefaultEps}, Coefficients: Coefficients{Ent: 10, Cov: 1}}
+	_, err := crit.Loss(context.Background(), newStream(t, d), toDevice(t, d, z, n, dim), toDevice(t, d, bad, n, dim), nil, nil)
+	var nf *NonFiniteError
+	if !errors.As(err, &nf) || !strings.Contains(err.Error(), "view b") {
+		t.Fatalf("got %v, want a NonFiniteError naming view b", err)
 	}
 }
