@@ -83,23 +83,21 @@ func gemmReference(c gemmCase, ha, hb, hc []float32) []float64 {
 	ra, ca := sa[len(sa)-2], sa[len(sa)-1]
 	rb, cb := sb[len(sb)-2], sb[len(sb)-1]
 	out := make([]float64, batches*c.m*c.n)
+	// matrix widens batch z of a host operand (batch 0 when it is shared).
+	matrix := func(h []float32, rows, cols int, batched bool, z int) blas64.General {
+		m := blas64.General{Rows: rows, Cols: cols, Stride: cols, Data: make([]float64, rows*cols)}
+		first := 0
+		if batched && c.batch > 0 {
+			first = z * rows * cols
+		}
+		for i := range m.Data {
+			m.Data[i] = float64(h[first+i])
+		}
+		return m
+	}
 	for z := 0; z < batches; z++ {
-		a := blas64.General{Rows: ra, Cols: ca, Stride: ca, Data: make([]float64, ra*ca)}
-		za := 0
-		if c.a3 && c.batch > 0 {
-			za = z * ra * ca
-		}
-		for i := range a.Data {
-			a.Data[i] = float64(ha[za+i])
-		}
-		b := blas64.General{Rows: rb, Cols: cb, Stride: cb, Data: make([]float64, rb*cb)}
-		zb := 0
-		if c.b3 && c.batch > 0 {
-			zb = z * rb * cb
-		}
-		for i := range b.Data {
-			b.Data[i] = float64(hb[zb+i])
-		}
+		a := matrix(ha, ra, ca, c.a3, z)
+		b := matrix(hb, rb, cb, c.b3, z)
 		dst := blas64.General{Rows: c.m, Cols: c.n, Stride: c.n, Data: out[z*c.m*c.n : (z+1)*c.m*c.n]}
 		if c.beta != 0 {
 			for i := range dst.Data {
