@@ -118,6 +118,7 @@ func TestDeviceMatchesReference(t *testing.T) {
 		{97, 130, BoundSigmoid, 0}, // N < D: Gram path; npad crosses a power of two
 		{300, 17, BoundNormal, 0},  // N > D: covariance path
 		{1024, 64, BoundSigmoid, 0},
+		{4096, 3, BoundNormal, 0},  // the most a 32 KiB device sorts in shared memory
 		{1000, 5, BoundNormal, 64}, // multi-pass sort: 16 blocks, 4 merge stages
 		{5003, 3, BoundSigmoid, 0}, // longer than any 32 KiB device sorts in shared memory
 	}
