@@ -164,7 +164,7 @@ func columnConfig(info vk.DeviceInfo) (wg, nmax uint32) {
 // is for CPU devices with 8-wide subgroups (lavapipe), where registers are
 // vectors and every shared-memory access loops over the lanes.
 func registerConfig(info vk.DeviceInfo, npad uint32) (wg, reg uint32) {
-	if info.Type != "cpu" || info.SubgroupSize != 8 {
+	if info.Type != "cpu" || info.SubgroupSize != 8 || !info.HasSubgroupOps("shuffle", "arithmetic") {
 		return 0, 0
 	}
 	// Up to 32 elements an invocation: on lavapipe (Mesa 25, 2 cores) 32

@@ -28,27 +28,28 @@ type Instance struct {
 // DeviceInfo describes a physical device. The JSON names are the stable
 // interface of `e2mcvk devices --json`.
 type DeviceInfo struct {
-	Index                 int     `json:"index"`
-	Name                  string  `json:"name"`
-	Type                  string  `json:"type"`
-	Driver                string  `json:"driver"`
-	DriverVersion         string  `json:"driver_version"`
-	APIVersion            string  `json:"api_version"`
-	VendorID              uint32  `json:"vendor_id"`
-	DeviceID              uint32  `json:"device_id"`
-	MemoryBytes           int64   `json:"memory_bytes"`
-	SubgroupSize          uint32  `json:"subgroup_size"`
-	MaxStorageBufferRange int64   `json:"max_storage_buffer_range"`
-	MaxAllocationBytes    int64   `json:"max_allocation_bytes"`
-	MaxSharedMemory       uint32  `json:"max_shared_memory"`
-	MaxWorkgroupSize      uint32  `json:"max_workgroup_invocations"`
-	MaxPushConstants      uint32  `json:"max_push_constants"`
-	StorageOffsetAlign    int64   `json:"min_storage_buffer_offset_alignment"`
-	TimestampPeriodNs     float32 `json:"timestamp_period_ns"`
-	Float16               bool    `json:"shader_float16"`
-	Int8                  bool    `json:"shader_int8"`
-	Storage16             bool    `json:"storage_buffer_16bit"`
-	Storage8              bool    `json:"storage_buffer_8bit"`
+	Index                 int      `json:"index"`
+	Name                  string   `json:"name"`
+	Type                  string   `json:"type"`
+	Driver                string   `json:"driver"`
+	DriverVersion         string   `json:"driver_version"`
+	APIVersion            string   `json:"api_version"`
+	VendorID              uint32   `json:"vendor_id"`
+	DeviceID              uint32   `json:"device_id"`
+	MemoryBytes           int64    `json:"memory_bytes"`
+	SubgroupSize          uint32   `json:"subgroup_size"`
+	SubgroupOps           []string `json:"subgroup_operations"`
+	MaxStorageBufferRange int64    `json:"max_storage_buffer_range"`
+	MaxAllocationBytes    int64    `json:"max_allocation_bytes"`
+	MaxSharedMemory       uint32   `json:"max_shared_memory"`
+	MaxWorkgroupSize      uint32   `json:"max_workgroup_invocations"`
+	MaxPushConstants      uint32   `json:"max_push_constants"`
+	StorageOffsetAlign    int64    `json:"min_storage_buffer_offset_alignment"`
+	TimestampPeriodNs     float32  `json:"timestamp_period_ns"`
+	Float16               bool     `json:"shader_float16"`
+	Int8                  bool     `json:"shader_int8"`
+	Storage16             bool     `json:"storage_buffer_16bit"`
+	Storage8              bool     `json:"storage_buffer_8bit"`
 
 	apiVersion    uint32
 	pipelineUUID  [vulkan.UuidSize]byte
@@ -114,6 +115,7 @@ func describe(inst vulkan.Instance, pd vulkan.PhysicalDevice, index int) DeviceI
 		DeviceID:              p.DeviceID,
 		MemoryBytes:           local,
 		SubgroupSize:          c.subgroupSize,
+		SubgroupOps:           subgroupOps(c.subgroupOps),
 		MaxStorageBufferRange: int64(p.Limits.MaxStorageBufferRange),
 		MaxAllocationBytes:    int64(c.maxAllocation),
 		MaxSharedMemory:       p.Limits.MaxComputeSharedMemorySize,
@@ -142,6 +144,33 @@ func describe(inst vulkan.Instance, pd vulkan.PhysicalDevice, index int) DeviceI
 		info.MaxAllocationBytes = 1 << 30
 	}
 	return info
+}
+
+// subgroupOps names the bits of VkSubgroupFeatureFlags, in bit order.
+func subgroupOps(bits uint32) []string {
+	names := []string{"basic", "vote", "arithmetic", "ballot", "shuffle", "shuffle_relative", "clustered", "quad"}
+	var out []string
+	for i, n := range names {
+		if bits&(1<<i) != 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// HasSubgroupOps reports whether the device's subgroups support every one of
+// the named operations (see SubgroupOps).
+func (info DeviceInfo) HasSubgroupOps(names ...string) bool {
+	for _, n := range names {
+		found := false
+		for _, have := range info.SubgroupOps {
+			found = found || have == n
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }
 
 func deviceType(t vulkan.PhysicalDeviceType) string {

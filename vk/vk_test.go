@@ -26,6 +26,10 @@ func TestDevicesDescribed(t *testing.T) {
 			d.MaxStorageBufferRange <= 0 || d.MaxSharedMemory == 0 || d.SubgroupSize == 0 {
 			t.Errorf("device %d described incompletely: %+v", i, d)
 		}
+		// Vulkan 1.1 requires basic subgroup operations in compute shaders.
+		if !d.HasSubgroupOps("basic") || d.HasSubgroupOps("basic", "no-such-operation") {
+			t.Errorf("device %d: subgroup operations %v", i, d.SubgroupOps)
+		}
 	}
 }
 
