@@ -21,6 +21,7 @@ type entropyCmd struct {
 	M      int     `name:"m" default:"0" help:"Spacing window; 0 means round(sqrt(N))."`
 	Eps    float64 `name:"eps" default:"1e-7" help:"Constant added inside the log of each spacing (1e-7 as VICReg's script; SwAV and SimSiam use 1.1920929e-07)."`
 	JSON   bool    `name:"json" help:"Print one JSON object instead of a summary."`
+	Rank   bool    `name:"rank" default:"true" negatable:"" help:"Compute the effective rank (an eigendecomposition of min(N, D) squared on the host: seconds for thousands; --no-rank skips it)."`
 	Device int     `name:"device" default:"0" help:"Index of the Vulkan device to run on (see e2mcvk devices)."`
 }
 
@@ -35,7 +36,7 @@ host).
 
 With --json it prints one object with the fields n, d, m, bound, eps,
 entropy (the D per-column values), mean_entropy, min, max, quantiles,
-cov_loss and effective_rank.`
+cov_loss and effective_rank (absent with --no-rank).`
 }
 
 // entropyReport is the JSON form of `e2mcvk entropy --json`.
@@ -51,7 +52,7 @@ type entropyReport struct {
 	Max           float64            `json:"max"`
 	Quantiles     map[string]float64 `json:"quantiles"`
 	CovLoss       float64            `json:"cov_loss"`
-	EffectiveRank float64            `json:"effective_rank"`
+	EffectiveRank *float64           `json:"effective_rank,omitempty"` // absent with --no-rank
 	Device        string             `json:"device"`
 }
 
@@ -109,13 +110,21 @@ func (c *entropyCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	rank, err := e2mc.EffectiveRank(z, n, d, bound)
-	if err != nil {
-		return err
+	rank := math.NaN()
+	if c.Rank {
+		if k := min(n, d); k >= 1024 {
+			fmt.Fprintf(e.stderr, "effective rank: eigendecomposition of a %d x %d matrix on the host (--no-rank skips it)...\n", k, k)
+		}
+		if rank, err = e2mc.EffectiveRank(z, n, d, bound); err != nil {
+			return err
+		}
 	}
 	r := entropyReport{N: n, D: d, M: meas.M, Bound: c.Bound, Eps: c.Eps, Entropy: meas.Entropy,
-		MeanEntropy: meas.MeanEntropy, CovLoss: meas.CovLoss, EffectiveRank: rank, Device: device,
+		MeanEntropy: meas.MeanEntropy, CovLoss: meas.CovLoss, Device: device,
 		Quantiles: map[string]float64{}}
+	if c.Rank {
+		r.EffectiveRank = &rank
+	}
 	sorted := make([]float64, d)
 	for i, v := range meas.Entropy {
 		sorted[i] = float64(v)
@@ -135,7 +144,9 @@ func (c *entropyCmd) Run(e *env) error {
 	fmt.Fprintf(tw, "entropy per dimension\tmean %.6f  min %.6f  q05 %.6f  q25 %.6f  median %.6f  q75 %.6f  q95 %.6f  max %.6f\n",
 		r.MeanEntropy, r.Min, r.Quantiles["0.05"], r.Quantiles["0.25"], r.Quantiles["0.5"], r.Quantiles["0.75"], r.Quantiles["0.95"], r.Max)
 	fmt.Fprintf(tw, "covariance loss\t%.6g\n", r.CovLoss)
-	fmt.Fprintf(tw, "effective rank\t%.2f of %d\n", r.EffectiveRank, min(n, d))
+	if r.EffectiveRank != nil {
+		fmt.Fprintf(tw, "effective rank\t%.2f of %d\n", *r.EffectiveRank, min(n, d))
+	}
 	fmt.Fprintf(tw, "device\t%s\n", device)
 	return tw.Flush()
 }

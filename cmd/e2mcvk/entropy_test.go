@@ -64,8 +64,12 @@ for j in range(d):
 			t.Errorf("column %d (%s): entropy %v, scipy %v", j, []string{"normal", "uniform", "Cauchy"}[j%3], got, want)
 		}
 	}
-	if r.CovLoss <= 0 || r.EffectiveRank <= 1 || r.EffectiveRank > d {
+	if r.CovLoss <= 0 || r.EffectiveRank == nil || *r.EffectiveRank <= 1 || *r.EffectiveRank > d {
 		t.Errorf("cov loss %v, effective rank %v", r.CovLoss, r.EffectiveRank)
+	}
+	code, out, stderr = runCLI(t, "entropy", "--in", path, "--no-rank", "--json")
+	if code != 0 || strings.Contains(out, "effective_rank") {
+		t.Errorf("--no-rank: exit %d, output %s %s", code, out, stderr)
 	}
 }
 
