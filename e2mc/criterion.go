@@ -18,9 +18,12 @@ type Criterion struct {
 	Params
 	Coefficients
 
-	// sortRows, when positive, lowers the number of rows sorted in shared
-	// memory so that tests reach the multi-pass sort of long columns.
-	sortRows uint32
+	// Test hooks: sortRows, when positive, lowers the number of rows sorted
+	// in shared memory so that tests reach the multi-pass sort of long
+	// columns; sharedSort keeps CPU devices off the register sort so that
+	// tests run the GPUs' shared-memory kernel too.
+	sortRows   uint32
+	sharedSort bool
 }
 
 // Measurement is one view's measurement, on the host.
@@ -107,8 +110,8 @@ func (e *NonFiniteError) Error() string {
 type Recording struct {
 	n, d, m int
 	h       *layers.Tensor // [D] entropies
-	frob    *layers.Tensor // [1] squared Frobenius norm of C times (N-1)² when gram
-	diagSq  *layers.Tensor // [1] sum of squared column variances
+	frob    *layers.Tensor // [1] sum of squares of K (gram) or of offdiag(C)
+	diagSq  *layers.Tensor // [1] sum of squared column variances (gram only)
 	gram    bool
 	temps   []*layers.Tensor
 }
@@ -130,20 +133,24 @@ func (v *Recording) Result(ctx context.Context) (*Measurement, error) {
 	if err != nil {
 		return nil, err
 	}
-	diag, err := v.diagSq.Download(ctx)
-	if err != nil {
-		return nil, err
-	}
 	r := &Measurement{N: v.n, D: v.d, M: v.m, Entropy: h}
 	for _, e := range h {
 		r.MeanEntropy += float64(e)
 	}
 	r.MeanEntropy /= float64(v.d)
-	f := float64(frob[0])
+	// The covariance path summed the off-diagonal squares directly; the Gram
+	// path has the whole ||C||² and the diagonal's squares to take out (no
+	// harmful cancellation there: with N <= D the off-diagonal part is the
+	// larger).
+	off := float64(frob[0])
 	if v.gram {
-		f /= float64(v.n-1) * float64(v.n-1)
+		diag, err := v.diagSq.Download(ctx)
+		if err != nil {
+			return nil, err
+		}
+		off = off/(float64(v.n-1)*float64(v.n-1)) - float64(diag[0])
 	}
-	r.CovLoss = (f - float64(diag[0])) / float64(v.d)
+	r.CovLoss = off / float64(v.d)
 	return r, nil
 }
 
@@ -158,9 +165,9 @@ func columnConfig(info vk.DeviceInfo) (wg, nmax uint32) {
 	return wg, min(nmax, 1<<16)
 }
 
-// registerConfig is the work split of the column kernel's register sort for
-// a column padded to npad rows: wg invocations holding reg elements each
-// (wg * reg >= npad), or reg = 0 for the shared-memory sort. The register sort
+// registerConfig is the work split of e2mc_column_reg.comp for a column
+// padded to npad rows: wg invocations holding reg elements each
+// (wg * reg >= npad), or reg = 0 for e2mc_column.comp's shared-memory sort. The register sort
 // is for CPU devices with 8-wide subgroups (lavapipe), where registers are
 // vectors and every shared-memory access loops over the lanes.
 func registerConfig(info vk.DeviceInfo, npad uint32) (wg, reg uint32) {
@@ -273,6 +280,16 @@ func (c *Criterion) Record(s *vk.Stream, z, grad *layers.Tensor, ent, cov float3
 		if err = layers.Gemm(s, inv, x, true, x, false, 0, sq); err != nil {
 			return fail(err)
 		}
+		// Keep the off-diagonal part only: the loss is then its sum of
+		// squares, and the gradient X offdiag(C) needs no correction.
+		args, offs, err := bindAll(operand{sq, true})
+		if err != nil {
+			return fail(err)
+		}
+		if err = layers.Launch(s, "e2mc_zero_diag", []uint32{256}, layers.Grid((d+255)/256),
+			layers.Push{}.U32(uint32(d)).U32(offs...), args...); err != nil {
+			return fail(err)
+		}
 		if grad != nil {
 			if mx, err = newT(n, d); err != nil {
 				return fail(err)
@@ -288,6 +305,12 @@ func (c *Criterion) Record(s *vk.Stream, z, grad *layers.Tensor, ent, cov float3
 	if grad != nil {
 		cc := cov * 4 / (float32(d) * float32(n-1))
 		total := n * d
+		// The Gram path's XC includes the diagonal of C, which the kernel
+		// takes out again; the covariance path's has none.
+		vscale := float32(0)
+		if v.gram {
+			vscale = 1
+		}
 		args, offs, err := bindAll(operand{z, false}, operand{mx, false}, operand{x, false},
 			operand{variance, false}, operand{gent, false}, operand{grad, true})
 		if err != nil {
@@ -295,7 +318,7 @@ func (c *Criterion) Record(s *vk.Stream, z, grad *layers.Tensor, ent, cov float3
 		}
 		if err = layers.Launch(s, "e2mc_grad", []uint32{256, uint32(c.Bound)},
 			layers.Grid((total+255)/256),
-			layers.Push{}.U32(uint32(total), uint32(d)).F32(cc, ent).U32(offs...),
+			layers.Push{}.U32(uint32(total), uint32(d)).F32(cc, ent, vscale).U32(offs...),
 			args...); err != nil {
 			return fail(err)
 		}
@@ -304,8 +327,10 @@ func (c *Criterion) Record(s *vk.Stream, z, grad *layers.Tensor, ent, cov float3
 	if err = sumSquares(s, v.frob, sq); err != nil {
 		return fail(err)
 	}
-	if err = sumSquares(s, v.diagSq, variance); err != nil {
-		return fail(err)
+	if v.gram {
+		if err = sumSquares(s, v.diagSq, variance); err != nil {
+			return fail(err)
+		}
 	}
 	if err := s.Mark("e2mc_gradient"); err != nil {
 		return fail(err)
@@ -355,11 +380,11 @@ func (c *Criterion) recordColumns(s *vk.Stream, z, x, h, variance, gent *layers.
 		if err != nil {
 			return err
 		}
-		spec := []uint32{wg, max(npad, wg), uint32(c.Bound), b2u(grad), 0}
-		if rwg, reg := registerConfig(z.Device().Info, npad); reg > 0 {
-			spec = []uint32{rwg, rwg * reg, uint32(c.Bound), b2u(grad), reg}
+		kernel, spec := "e2mc_column", []uint32{wg, max(npad, wg), uint32(c.Bound), b2u(grad)}
+		if rwg, reg := registerConfig(z.Device().Info, npad); reg > 0 && !c.sharedSort {
+			kernel, spec = "e2mc_column_reg", []uint32{rwg, rwg * reg, uint32(c.Bound), b2u(grad), reg}
 		}
-		return layers.Launch(s, "e2mc_column", spec,
+		return layers.Launch(s, kernel, spec,
 			layers.Grid(d), append(spacing, layers.Push{}.U32(offs...)...), args...)
 	}
 

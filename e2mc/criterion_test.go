@@ -108,30 +108,34 @@ func combined(gEnt, gCov []float64, c Coefficients) []float64 {
 func TestDeviceMatchesReference(t *testing.T) {
 	d := vktest.Device(t)
 	cases := []struct {
-		n, d     int
-		bound    Bound
-		sortRows uint32 // shared-memory sort capacity; 0: the device's
+		n, d       int
+		bound      Bound
+		sortRows   uint32 // shared-memory sort capacity; 0: the device's
+		sharedSort bool   // the shared-memory column kernel, also on CPU devices
 	}{
-		{4, 1, BoundSigmoid, 0},
-		{5, 3, BoundNone, 0},
-		{31, 7, BoundNormal, 0},
-		{97, 130, BoundSigmoid, 0}, // N < D: Gram path; npad crosses a power of two
-		{300, 17, BoundNormal, 0},  // N > D: covariance path
-		{1024, 64, BoundSigmoid, 0},
-		{4096, 3, BoundNormal, 0},  // the most a 32 KiB device sorts in shared memory
-		{1000, 5, BoundNormal, 64}, // multi-pass sort: 16 blocks, 4 merge stages
-		{5003, 3, BoundSigmoid, 0}, // longer than any 32 KiB device sorts in shared memory
+		{4, 1, BoundSigmoid, 0, false},
+		{5, 3, BoundNone, 0, false},
+		{31, 7, BoundNormal, 0, false},
+		{97, 130, BoundSigmoid, 0, false}, // N < D: Gram path; npad crosses a power of two
+		{300, 17, BoundNormal, 0, false},  // N > D: covariance path
+		{1024, 64, BoundSigmoid, 0, false},
+		{4096, 3, BoundNormal, 0, false}, // the most a 32 KiB device sorts in shared memory
+		{5, 3, BoundSigmoid, 0, true},    // the GPUs' kernel
+		{300, 17, BoundNormal, 0, true},
+		{4096, 3, BoundNone, 0, true},
+		{1000, 5, BoundNormal, 64, false}, // multi-pass sort: 16 blocks, 4 merge stages
+		{5003, 3, BoundSigmoid, 0, false}, // longer than any 32 KiB device sorts in shared memory
 	}
 	coef := Coefficients{Ent: 10, Cov: 1}
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("%dx%d-%v-sort%d", c.n, c.d, c.bound, c.sortRows), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%dx%d-%v-sort%d-shared=%v", c.n, c.d, c.bound, c.sortRows, c.sharedSort), func(t *testing.T) {
 			z := caseInput(torchCase{n: c.n, d: c.d})
 			p := Params{Bound: c.bound, Eps: DefaultEps}
 			ref, err := Reference(widen(z), c.n, c.d, p, true)
 			if err != nil {
 				t.Fatal(err)
 			}
-			crit := &Criterion{Params: p, Coefficients: coef, sortRows: c.sortRows}
+			crit := &Criterion{Params: p, Coefficients: coef, sortRows: c.sortRows, sharedSort: c.sharedSort}
 			got, g := deviceView(t, d, z, c.n, c.d, crit)
 			compareMeasurement(t, got, g, ref.Entropy, ref.MeanEntropy, ref.CovLoss, combined(ref.GradEntropy, ref.GradCov, coef))
 		})

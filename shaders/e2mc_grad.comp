@@ -1,8 +1,9 @@
 #version 450
 // The gradient of one view's E2MC terms with respect to its embeddings:
-//   dz = bound'(z) * (cc * (M - X * diag(C)) - ce * Gent)
-// where X is the centred bounded batch, M = X C with C = XᵀX/(N-1), diag(C)
-// the column variances and Gent the entropy gradient of e2mc_column.comp.
+//   dz = bound'(z) * (cc * (M - vscale * X * diag(C)) - ce * Gent)
+// where X is the centred bounded batch, M = X C with C = XᵀX/(N-1) (or with
+// C's diagonal already zeroed, vscale = 0), diag(C) the column variances and
+// Gent the entropy gradient of e2mc_column.comp.
 // With cc = cov_coeff * 4 / (D (N-1)) the first term is cov_coeff times the
 // covariance loss's gradient; ce = ent_coeff / 2.
 #include "common.glsl"
@@ -24,6 +25,7 @@ layout(push_constant) uniform Push {
 	uint d;  // columns
 	float cc;
 	float ce;
+	float vscale; // 1 when M includes C's diagonal (Gram path), 0 when not
 	uint zOff, mOff, xOff, vOff, gOff, dzOff;
 };
 
@@ -33,6 +35,6 @@ void main() {
 		return;
 	}
 	uint col = i % d;
-	float cov = mx[mOff + i] - x[xOff + i] * variance[vOff + col];
+	float cov = mx[mOff + i] - vscale * x[xOff + i] * variance[vOff + col];
 	dz[dzOff + i] = bound_slope(BOUND, z[zOff + i]) * (cc * cov - ce * gent[gOff + i]);
 }
