@@ -242,8 +242,10 @@ func (c *Criterion) Record(s *vk.Stream, z, grad *layers.Tensor, ent, cov float3
 	if v.frob, err = newT(1); err != nil {
 		return fail(err)
 	}
-	if v.diagSq, err = newT(1); err != nil {
-		return fail(err)
+	if v.gram {
+		if v.diagSq, err = newT(1); err != nil {
+			return fail(err)
+		}
 	}
 
 	if err := c.recordColumns(s, z, x, v.h, variance, gent, grad != nil, newT); err != nil {

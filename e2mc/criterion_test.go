@@ -33,6 +33,17 @@ func toDevice(t *testing.T, d *vk.Device, z []float32, n, dim int) *layers.Tenso
 	return x
 }
 
+// newTensor makes an uninitialised device tensor, released when the test ends.
+func newTensor(t *testing.T, d *vk.Device, shape ...int) *layers.Tensor {
+	t.Helper()
+	x, err := layers.New(d, shape...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(x.Release)
+	return x
+}
+
 func newStream(t *testing.T, d *vk.Device) *vk.Stream {
 	t.Helper()
 	s, err := d.NewStream()
@@ -49,16 +60,7 @@ func newStream(t *testing.T, d *vk.Device) *vk.Stream {
 func deviceView(t *testing.T, d *vk.Device, z []float32, n, dim int, crit *Criterion) (*Measurement, []float32) {
 	t.Helper()
 	zt := toDevice(t, d, z, n, dim)
-	ga, err := layers.New(d, n, dim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ga.Release()
-	gb, err := layers.New(d, n, dim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gb.Release()
+	ga, gb := newTensor(t, d, n, dim), newTensor(t, d, n, dim)
 	c := crit.Coefficients
 	loss, err := crit.Loss(context.Background(), newStream(t, d), zt, zt, ga, gb)
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"testing"
 
-	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/vk/vktest"
 )
 
@@ -23,16 +22,7 @@ func TestSortColumns(t *testing.T) {
 			z := caseInput(torchCase{n: n, d: d, ties: true})
 			zt := toDevice(t, dev, z, n, d)
 			npad := 1 << bits.Len32(uint32(n-1))
-			keys, err := layers.New(dev, d, npad)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer keys.Release()
-			rows, err := layers.New(dev, d, npad)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rows.Release()
+			keys, rows := newTensor(t, dev, d, npad), newTensor(t, dev, d, npad)
 			s := newStream(t, dev)
 			if err := SortColumns(s, zt, keys, rows); err != nil {
 				t.Fatal(err)

@@ -13,7 +13,6 @@
 // This kernel sorts the column in shared memory, every compare-exchange step
 // there (GPUs: many invocations, cheap shared memory); e2mc_column_reg.comp
 // sorts in registers and subgroup shuffles for CPU devices.
-#include "common.glsl"
 #include "e2mc_column.glsl"
 
 // sort_shared loads, measures and sorts the column in shared memory.

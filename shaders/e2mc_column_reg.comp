@@ -12,7 +12,6 @@
 #extension GL_KHR_shader_subgroup_shuffle : enable
 #extension GL_KHR_shader_subgroup_arithmetic : enable
 #extension GL_EXT_control_flow_attributes : enable
-#include "common.glsl"
 
 layout(constant_id = 4) const uint REG = 32; // elements per invocation in registers
 #include "e2mc_column.glsl"
