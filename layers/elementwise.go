@@ -22,9 +22,10 @@ const (
 	binMul
 	binScale
 	binAxpy
+	binReluGrad
 )
 
-var binNames = [...]string{"add", "sub", "mul", "scale", "axpy"}
+var binNames = [...]string{"add", "sub", "mul", "scale", "axpy", "relu gradient"}
 
 // binaryOp records y = op(a, b) over contiguous tensors of equal shape.
 func binaryOp(s *vk.Stream, op int, y, a, b *Tensor, alpha float32) error {

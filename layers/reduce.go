@@ -43,13 +43,13 @@ func Mean(s *vk.Stream, dst, x *Tensor, axis int) error {
 	return reduce(s, "mean", dst, x, axis, redSum, func(n int) float32 { return float32(n) })
 }
 
-// Var records dst = the variance of x over axis, sum((x - mean)^2) /
+// Variance records dst = the variance of x over axis, sum((x - mean)^2) /
 // (n - correction), like torch.var: correction 0 is the population variance,
 // 1 the unbiased estimate. As in torch, n - correction <= 0 gives inf (or NaN
 // for a constant slice). The kernel reads each slice twice, for its mean and
 // then for the centred squares, so the result is accurate whatever the mean.
 // The rules of Sum apply.
-func Var(s *vk.Stream, dst, x *Tensor, axis, correction int) error {
+func Variance(s *vk.Stream, dst, x *Tensor, axis, correction int) error {
 	if correction < 0 {
 		return fmt.Errorf("var: correction %d is negative", correction)
 	}

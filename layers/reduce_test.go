@@ -58,9 +58,9 @@ var reduceCases = []struct {
 }{
 	{"sum", 0.5, Sum, func(sum, _ []float64, _ int) []float64 { return sum }, sumTol},
 	{"mean", 0.5, Mean, func(sum, _ []float64, n int) []float64 { return scaled(sum, 1/float64(n)) }, sumTol},
-	{"var", 1000, func(s *vk.Stream, dst, x *Tensor, axis int) error { return Var(s, dst, x, axis, 0) },
+	{"var", 1000, func(s *vk.Stream, dst, x *Tensor, axis int) error { return Variance(s, dst, x, axis, 0) },
 		func(_, ssd []float64, n int) []float64 { return scaled(ssd, 1/float64(n)) }, varTol},
-	{"var1", 1000, func(s *vk.Stream, dst, x *Tensor, axis int) error { return Var(s, dst, x, axis, 1) },
+	{"var1", 1000, func(s *vk.Stream, dst, x *Tensor, axis int) error { return Variance(s, dst, x, axis, 1) },
 		func(_, ssd []float64, n int) []float64 { return scaled(ssd, 1/float64(n-1)) }, varTol},
 }
 
@@ -173,10 +173,10 @@ func TestVarDegenerate(t *testing.T) {
 	one := upload(t, dev, []float32{1, 2, 3}, 3, 1)
 	two := upload(t, dev, []float32{1, 2, 3, 5, 4, 4}, 3, 2)
 	a, b := empty(t, dev, 3), empty(t, dev, 3)
-	if err := Var(s, a, one, 1, 1); err != nil {
+	if err := Variance(s, a, one, 1, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := Var(s, b, two, 1, 2); err != nil {
+	if err := Variance(s, b, two, 1, 2); err != nil {
 		t.Fatal(err)
 	}
 	for i, v := range run(t, s, a) {
@@ -209,7 +209,7 @@ func TestReduceErrors(t *testing.T) {
 		{"negative axis", Sum(s, y, x, -4), "axis"},
 		{"result shape", Mean(s, y, x, 2), "shape"},
 		{"strided", Sum(s, empty(t, dev, 3, 4), x.Transpose(0, 1), 1), "strided"},
-		{"correction", Var(s, y, x, 1, -1), "correction"},
+		{"correction", Variance(s, y, x, 1, -1), "correction"},
 	}
 	for _, c := range cases {
 		if c.err == nil || !strings.Contains(c.err.Error(), c.want) {

@@ -1,7 +1,8 @@
 #version 450
 // y[offY + i] = op(a[offA + i], b[offB + i]) for i < n. The operation is the
 // specialization constant OP, so each op is its own pipeline with no branch:
-//   0 add a+b, 1 sub a-b, 2 mul a*b, 3 scale alpha*a, 4 axpy a+alpha*b.
+//   0 add a+b, 1 sub a-b, 2 mul a*b, 3 scale alpha*a, 4 axpy a+alpha*b,
+//   5 relu gradient a*(b > 0) (a the output gradient, b relu's output).
 // y may be the same memory as a or b (each element is read, then written, by
 // one invocation). Each workgroup covers WG*PER consecutive elements; element
 // k of an invocation is at stride WG, so neighbouring invocations touch
@@ -30,7 +31,8 @@ float op(float u, float v) {
 	case 1: return u - v;
 	case 2: return u * v;
 	case 3: return alpha * u;
-	default: return u + alpha * v;
+	case 4: return u + alpha * v;
+	default: return v > 0.0 ? u : 0.0;
 	}
 }
 

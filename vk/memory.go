@@ -31,6 +31,7 @@ type allocator struct {
 	mu     sync.Mutex
 	blocks []*block
 	inUse  int64
+	peak   int64 // most inUse has been since the last ResetPeakMemory
 }
 
 type block struct {
@@ -143,12 +144,12 @@ func (a *allocator) alloc(size int64) (*block, int64, error) {
 		}
 		b.dedicated, b.free = true, nil
 		a.blocks = append(a.blocks, b)
-		a.inUse += size
+		a.used(size)
 		return b, 0, nil
 	}
 	for _, b := range a.blocks {
 		if off, ok := b.take(size); ok {
-			a.inUse += size
+			a.used(size)
 			return b, off, nil
 		}
 	}
@@ -158,8 +159,14 @@ func (a *allocator) alloc(size int64) (*block, int64, error) {
 	}
 	a.blocks = append(a.blocks, b)
 	off, _ := b.take(size)
-	a.inUse += size
+	a.used(size)
 	return b, off, nil
+}
+
+// used counts size more bytes in use; a.mu is held.
+func (a *allocator) used(size int64) {
+	a.inUse += size
+	a.peak = max(a.peak, a.inUse)
 }
 
 // release returns a range obtained from alloc. Dedicated blocks are freed at
@@ -242,6 +249,21 @@ func (d *Device) MemoryInUse() int64 {
 	d.mem.mu.Lock()
 	defer d.mem.mu.Unlock()
 	return d.mem.inUse
+}
+
+// PeakMemory returns the most device memory live buffers have held at once
+// since the device was opened or ResetPeakMemory was last called.
+func (d *Device) PeakMemory() int64 {
+	d.mem.mu.Lock()
+	defer d.mem.mu.Unlock()
+	return d.mem.peak
+}
+
+// ResetPeakMemory starts a new peak measurement from the memory in use now.
+func (d *Device) ResetPeakMemory() {
+	d.mem.mu.Lock()
+	defer d.mem.mu.Unlock()
+	d.mem.peak = d.mem.inUse
 }
 
 // Trim returns the memory of empty sub-allocation blocks to the driver.
