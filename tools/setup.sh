@@ -10,7 +10,7 @@ packages=(
   # GLSL -> SPIR-V compiler for `go generate ./shaders` and the stale-SPIR-V test.
   glslc
   # Reference oracles and the PyTorch side of the benchmarks (DESIGN.md section 5).
-  python3 python3-numpy python3-scipy python3-torch
+  python3 python3-numpy python3-scipy python3-torch python3-torchvision
   # The built-in default data set.
   dataset-fashion-mnist
   # cgo toolchain.
