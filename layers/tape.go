@@ -67,11 +67,32 @@ type Tape struct {
 	nodes []*node
 	// owned are the op outputs the tape allocated and has not yet released.
 	owned map[*Tensor]bool
-	err   error
+	// pool holds the buffers of tensors the recording is past, by size and
+	// row length, for later ops of the same recording to reuse: the stream
+	// orders the reuse after the earlier uses (its hazard tracking follows
+	// memory), and since tape tensors are only ever written by recorded
+	// kernels, never uploaded from the host, nothing can overtake them.
+	// Release hands the pool back to the device after the run.
+	pool map[poolKey][]*vk.Buffer
+	err  error
+}
+
+// poolKey is what makes a pooled buffer fit a new tensor: its element count
+// and its row length (New's segment granule).
+type poolKey struct{ n, row int }
+
+func keyOf(shape []int) poolKey {
+	n := 1
+	for _, s := range shape {
+		n *= s
+	}
+	return poolKey{n, shape[len(shape)-1]}
 }
 
 // NewTape starts an empty recording into s.
-func NewTape(s *vk.Stream) *Tape { return &Tape{s: s, owned: map[*Tensor]bool{}} }
+func NewTape(s *vk.Stream) *Tape {
+	return &Tape{s: s, owned: map[*Tensor]bool{}, pool: map[poolKey][]*vk.Buffer{}}
+}
 
 // Stream returns the stream ops record into.
 func (tp *Tape) Stream() *vk.Stream { return tp.s }
@@ -106,23 +127,41 @@ func (tp *Tape) ok(vs ...*Var) bool {
 }
 
 // alloc makes a tensor owned by the tape: released when Backward is past
-// it or by Release. On failure it sets the tape's error and returns nil.
+// it or by Release. Its memory may come from a tensor released earlier in
+// the same recording, so it must only be written by recorded kernels, never
+// uploaded from the host. On failure it sets the tape's error and returns
+// nil.
 func (tp *Tape) alloc(op string, shape ...int) *Tensor {
-	t, err := New(tp.Device(), shape...)
-	if err != nil {
-		tp.Fail(op, err)
-		return nil
+	var t *Tensor
+	if len(shape) > 0 {
+		k := keyOf(shape)
+		if bufs := tp.pool[k]; len(bufs) > 0 {
+			t = &Tensor{buf: bufs[len(bufs)-1], shape: append([]int(nil), shape...), strides: contiguousStrides(shape), owner: true}
+			tp.pool[k] = bufs[:len(bufs)-1]
+		}
+	}
+	if t == nil {
+		var err error
+		if t, err = New(tp.Device(), shape...); err != nil {
+			tp.Fail(op, err)
+			return nil
+		}
 	}
 	tp.owned[t] = true
 	return t
 }
 
-// release frees a tape-owned tensor through the stream, which lets later
-// recorded work reuse its memory; tensors the tape does not own are left.
+// release passes a tape-owned tensor's memory to the pool, for later ops of
+// this recording; tensors the tape does not own are left alone.
 func (tp *Tape) release(t *Tensor) {
 	if t != nil && tp.owned[t] {
 		delete(tp.owned, t)
-		tp.s.Release(t.buf)
+		if len(t.shape) > 0 {
+			k := keyOf(t.shape)
+			tp.pool[k] = append(tp.pool[k], t.buf)
+		} else {
+			tp.s.Release(t.buf)
+		}
 		t.buf = nil
 	}
 }
@@ -154,11 +193,23 @@ func (tp *Tape) Detach(v *Var) *Var {
 
 // Keep marks v's value to survive Backward and Release (a loss or an
 // embedding the caller downloads after the stream ran); the caller then
-// releases it.
+// releases it with v.Value.Release. When v is a view of an op's output
+// (Reshape, Split), the view takes over the memory of the whole output.
 func (tp *Tape) Keep(v *Var) {
-	if v != nil {
-		v.kept = true
+	if v == nil {
+		return
+	}
+	v.kept = true
+	if tp.owned[v.Value] {
 		delete(tp.owned, v.Value)
+		return
+	}
+	for t := range tp.owned {
+		if t.buf == v.Value.buf {
+			delete(tp.owned, t)
+			t.owner, v.Value.owner = false, true
+			return
+		}
 	}
 }
 
@@ -238,11 +289,18 @@ func (tp *Tape) accumulate(v *Var, g *Tensor) {
 }
 
 // Release frees every tensor the tape still owns (the outputs of ops that
-// Backward did not pass, or all of them without a Backward), through the
-// stream. Values marked with Keep and the gradients of leaves stay.
+// Backward did not pass, or all of them without a Backward) and its pool,
+// once the recorded work has run. Values marked with Keep and the gradients
+// of leaves stay.
 func (tp *Tape) Release() {
 	for t := range tp.owned {
 		tp.release(t)
+	}
+	for k, bufs := range tp.pool {
+		for _, b := range bufs {
+			tp.s.Release(b)
+		}
+		delete(tp.pool, k)
 	}
 	tp.nodes = nil
 }

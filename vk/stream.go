@@ -247,30 +247,13 @@ func (s *Stream) descriptorSet() (vulkan.DescriptorSet, error) {
 // to release temporary buffers their dispatches read or write.
 func (s *Stream) AfterRun(f func()) { s.done = append(s.done, f) }
 
-// Release returns b's memory while the stream is still recording work that
-// uses it: later dispatches of this stream may reuse the memory at once (the
-// hazard tracking orders them after the earlier uses, since it follows
-// memory ranges, not buffers), and memory whose VkBuffer would be destroyed
-// by the release (a dedicated block) is kept until the recorded work ran.
-// This is how a backward pass frees activations as soon as it is past them.
-func (s *Stream) Release(b *Buffer) {
-	var later []segment
-	for _, sg := range b.segs {
-		if sg.blk.dedicated {
-			later = append(later, sg)
-			continue
-		}
-		b.dev.mem.release(sg.blk, sg.off, sg.size)
-	}
-	b.segs = nil
-	if len(later) > 0 {
-		s.AfterRun(func() {
-			for _, sg := range later {
-				b.dev.mem.release(sg.blk, sg.off, sg.size)
-			}
-		})
-	}
-}
+// Release returns b's memory to the device once the work recorded so far
+// has run, for a tensor that this recording still uses. (Handing the memory
+// to new buffers at once would let a host upload into one of them be
+// overwritten when the recorded work runs; reuse within a recording is the
+// business of the recorder, who knows which buffers are only device-written:
+// see layers.Tape.)
+func (s *Stream) Release(b *Buffer) { s.AfterRun(b.Release) }
 
 // Mark records a GPU timestamp named label; after Run, Timings reports the
 // time between consecutive marks. Without EnableTimestamps it does nothing.
