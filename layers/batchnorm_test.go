@@ -118,46 +118,56 @@ func TestBatchNormTrainGrad(t *testing.T) {
 		{[]int{7, 13}, true, -1},
 		{[]int{3, 1}, true, -1}, // (N = 2 would make dx zero but for eps)
 		{[]int{5, 3}, false, -1},
-		{[]int{450, 7}, true, -1}, // crosses the split device's segments
+		{[]int{6, 8}, false, -1},   // vec4 reads across channels
+		{[]int{300, 12}, true, -1}, // crosses the split device's segments
 		{[]int{3, 5, 11}, true, -1},
 		{[]int{1, 3, 5, 7}, true, -1},
 		{[]int{2, 1, 13, 11}, true, -1},
 		{[]int{4, 2, 3, 3}, false, -1},
+		{[]int{2, 3, 4, 6}, true, -1},   // vec4 reads along planes
 		{[]int{2, 5, 17, 19}, true, -1}, // a sample and a plane cross segments
 		{[]int{3, 3, 7, 11}, true, 1},
-		{[]int{2, 2, 29, 31}, false, 1}, // the large mean across segments
+		{[]int{2, 3, 20, 28}, false, 1}, // the large mean in vec4 reads across segments
 	}
 	for _, tc := range cases {
-		shape, affine := tc.shape, tc.affine
-		_, c, _ := bnDims(shape)
-		inputs := [][]int{shape}
-		if affine {
-			inputs = append(inputs, []int{c}, []int{c})
+		for _, tuning := range []string{"cpu", "gpu"} {
+			t.Setenv(bnTuningEnv, tuning)
+			checkBatchNormTrain(t, tuning, tc.shape, tc.affine, tc.bigMean)
 		}
-		step := 0.0
-		if tc.bigMean >= 0 {
-			// The output bends on the scale of the spread (0.01): the
-			// default step of 1e-4 would leave a truncation error of 1e-4.
-			step = 1e-6
-		}
-		checkGrad(t, gradCase{
-			name:   fmt.Sprintf("%v/affine=%v/big=%d", shape, affine, tc.bigMean),
-			inputs: inputs,
-			init:   bnInit(shape, tc.bigMean),
-			op: func(tp *Tape, in []*Var) *Var {
-				bn, release := testBatchNorm(tp, c, in)
-				defer release()
-				return bn.Forward(tp, in[0], true)
-			},
-			ref: func(in [][]float64) []float64 {
-				if affine {
-					return bnTrainRef(in[0], shape, in[1], in[2])
-				}
-				return bnTrainRef(in[0], shape, nil, nil)
-			},
-			fwdTol: bnFwdTol, gradTol: bnGradTol, step: step,
-		})
 	}
+}
+
+// checkBatchNormTrain checks training-mode batch normalisation of one shape
+// under one tuning of the kernels.
+func checkBatchNormTrain(t *testing.T, tuning string, shape []int, affine bool, bigMean int) {
+	_, c, _ := bnDims(shape)
+	inputs := [][]int{shape}
+	if affine {
+		inputs = append(inputs, []int{c}, []int{c})
+	}
+	step := 0.0
+	if bigMean >= 0 {
+		// The output bends on the scale of the spread (0.01): the default
+		// step of 1e-4 would leave a truncation error of 1e-4.
+		step = 1e-6
+	}
+	checkGrad(t, gradCase{
+		name:   fmt.Sprintf("%s/%v/affine=%v/big=%d", tuning, shape, affine, bigMean),
+		inputs: inputs,
+		init:   bnInit(shape, bigMean),
+		op: func(tp *Tape, in []*Var) *Var {
+			bn, release := testBatchNorm(tp, c, in)
+			defer release()
+			return bn.Forward(tp, in[0], true)
+		},
+		ref: func(in [][]float64) []float64 {
+			if affine {
+				return bnTrainRef(in[0], shape, in[1], in[2])
+			}
+			return bnTrainRef(in[0], shape, nil, nil)
+		},
+		fwdTol: bnFwdTol, gradTol: bnGradTol, step: step,
+	})
 }
 
 // testBatchNorm makes a layer of c channels on the tape's device whose
@@ -279,15 +289,25 @@ func TestBatchNormRunningStats(t *testing.T) {
 	}
 }
 
-// TestBatchNormForward checks the kernel-level function in both modes, on
-// shapes whose pieces on the split device outnumber the slots of partial
-// sums (which they then share), with a channel at mean 1000 and spread 0.01.
+// TestBatchNormForward checks the kernel-level function in both modes and
+// under both tunings, on shapes whose pieces on the split device outnumber
+// the slots of partial sums (which they then share), with a channel at mean
+// 1000 and spread 0.01.
 func TestBatchNormForward(t *testing.T) {
-	for _, shape := range [][]int{{3, 4, 9, 10}, {4, 40, 9, 9}, {8, 3, 56, 56}, {300, 40}} {
+	for _, tc := range []struct {
+		shape  []int
+		tuning string
+	}{
+		{[]int{3, 4, 9, 10}, "cpu"}, {[]int{4, 40, 9, 9}, "cpu"}, {[]int{8, 3, 56, 56}, "cpu"}, {[]int{300, 40}, "cpu"},
+		{[]int{3, 4, 9, 10}, "gpu"}, {[]int{4, 40, 9, 9}, "gpu"}, {[]int{8, 3, 56, 56}, "gpu"}, {[]int{300, 40}, "gpu"},
+		{[]int{8, 5, 7, 7}, "gpu"}, // channels share a workgroup
+	} {
+		shape := tc.shape
+		t.Setenv(bnTuningEnv, tc.tuning)
 		n, c, s := bnDims(shape)
 		for _, td := range testDevices(t) {
 			for _, training := range []bool{true, false} {
-				t.Run(fmt.Sprintf("%v/%s/training=%v", shape, td.name, training), func(t *testing.T) {
+				t.Run(fmt.Sprintf("%s/%v/%s/training=%v", tc.tuning, shape, td.name, training), func(t *testing.T) {
 					d := td.dev
 					host := make([]float64, n*c*s)
 					bnInit(shape, 2)(0, host)

@@ -205,6 +205,12 @@ func GlobalAvgPool(s *vk.Stream, y, x *Tensor) error {
 	return nil
 }
 
+// magic returns divMagic(d) as the two push constants of fastdiv.
+func magic(d int) []uint32 {
+	m, l := divMagic(uint32(d))
+	return []uint32{m, l}
+}
+
 // window2 binds elements [first, first+count) of t for a kernel that reads
 // them through two bindings: the first segment from element off, the second
 // (the same one when all lie in one) from its start, holding the elements
@@ -265,7 +271,7 @@ func poolForward(s *vk.Stream, op int, g poolGeom, y, x, idx *Tensor) error {
 		r0, _ := g.inRows(b.lo[1], b.hi[1])
 		planes, rows := b.size(0), b.size(1)
 		push := Push{}.U32(uint32(planes), uint32(rows)).I32(b.lo[1], r0, g.h, g.w, g.wo, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw).
-			U32(xOff, xEnd, yOff, iOff)
+			U32(xOff, xEnd, yOff, iOff).U32(magic(g.wo)...).U32(magic(rows)...)
 		if err := Launch(s, "pool_forward", []uint32{poolGroup, uint32(op), specFlag(idx != nil)},
 			Grid(ceilDiv(planes*rows*g.wo, poolGroup)), push, xArgs[0], xArgs[1], yArg, iArg); err != nil {
 			return fmt.Errorf("%s: %w", poolNames[op], err)
@@ -327,7 +333,7 @@ func poolBackward(s *vk.Stream, op int, g poolGeom, dx, dy, idx *Tensor) error {
 		}
 		planes, rows := b.size(0), b.size(1)
 		push := Push{}.U32(uint32(planes), uint32(rows)).I32(b.lo[1], o0, g.w, g.ho, g.wo, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw).
-			U32(dxOff, dyOff, dyEnd, iOff, iEnd)
+			U32(dxOff, dyOff, dyEnd, iOff, iEnd).U32(magic(g.w)...).U32(magic(rows)...).U32(magic(g.sh)...).U32(magic(g.sw)...)
 		if err := Launch(s, "pool_backward", []uint32{poolGroup, uint32(op)},
 			Grid(ceilDiv(planes*rows*g.w, poolGroup)), push, dyArgs[0], dyArgs[1], iArgs[0], iArgs[1], dxArg); err != nil {
 			return fmt.Errorf("%s: %w", name, err)

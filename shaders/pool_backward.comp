@@ -11,6 +11,7 @@
 // window of two buffer segments: element e (e = (q*Ho + oh - o0)*Wo + ow)
 // is dy0[dyoff + e] before dyend, dy1[e - dyend] after (idx likewise).
 #include "common.glsl"
+#include "batchnorm_common.glsl" // fastdiv
 
 layout(constant_id = 0) const uint WG = 256;
 layout(constant_id = 1) const uint OP = 0;
@@ -31,14 +32,18 @@ layout(push_constant) uniform Push {
 	uint dxoff;
 	uint dyoff, dyend;
 	uint ioff, iend;
+	uint wmagic, wshift;   // divMagic(W)
+	uint rmagic, rshift;   // divMagic(rows)
+	uint shmagic, shshift; // divMagic(sh)
+	uint swmagic, swshift; // divMagic(sw)
 };
 
 // The first and last output index whose window (stride s, kernel k,
-// padding p) holds input index v, clipped to [0, n).
-ivec2 windows(int v, int k, int s, int p, int n) {
+// padding p) holds input index v, clipped to [0, n); m and l are divMagic(s).
+ivec2 windows(int v, int k, int s, int p, int n, uint m, uint l) {
 	int a = v + p - k + 1;
-	int first = a <= 0 ? 0 : (a + s - 1) / s;
-	return ivec2(first, min(n - 1, (v + p) / s));
+	int first = a <= 0 ? 0 : int(fastdiv(uint(a + s - 1), m, l));
+	return ivec2(first, min(n - 1, int(fastdiv(uint(v + p), m, l))));
 }
 
 void main() {
@@ -46,12 +51,12 @@ void main() {
 	if (i >= planes * rows * uint(W)) {
 		return;
 	}
-	uint t = i / uint(W);
+	uint t = fastdiv(i, wmagic, wshift);
 	int w = int(i - t * uint(W));
-	uint q = t / rows;
+	uint q = fastdiv(t, rmagic, rshift);
 	int h = h0 + int(t - q * rows);
-	ivec2 oh = windows(h, kh, sh, ph, Ho);
-	ivec2 ow = windows(w, kw, sw, pw, Wo);
+	ivec2 oh = windows(h, kh, sh, ph, Ho, shmagic, shshift);
+	ivec2 ow = windows(w, kw, sw, pw, Wo, swmagic, swshift);
 	int base = (int(q) * Ho - o0) * Wo;
 	uint self = uint(h * W + w);
 	float sum = 0.0;

@@ -16,6 +16,7 @@
 // does): element e of the window (e = (q*H + h - r0)*W + w) is x0[xoff + e]
 // before xend, x1[e - xend] after.
 #include "common.glsl"
+#include "batchnorm_common.glsl" // fastdiv
 
 layout(constant_id = 0) const uint WG = 256;
 layout(constant_id = 1) const uint OP = 0;
@@ -37,6 +38,8 @@ layout(push_constant) uniform Push {
 	uint xend;
 	uint yoff;
 	uint ioff;
+	uint womagic, woshift; // divMagic(Wo)
+	uint rmagic, rshift;   // divMagic(rows)
 };
 
 float load(uint e) {
@@ -48,9 +51,9 @@ void main() {
 	if (i >= planes * rows * uint(Wo)) {
 		return;
 	}
-	uint t = i / uint(Wo);
+	uint t = fastdiv(i, womagic, woshift);
 	int ow = int(i - t * uint(Wo));
-	uint q = t / rows;
+	uint q = fastdiv(t, rmagic, rshift);
 	int oh = oh0 + int(t - q * rows);
 	int h0 = oh * sh - ph;
 	int w0 = ow * sw - pw;
