@@ -43,6 +43,7 @@ func allCases() []benchCase {
 	cs = append(cs, copyCases()...)
 	cs = append(cs, fmaCases()...)
 	cs = append(cs, e2mcCases()...)
+	cs = append(cs, convCases()...)
 	return cs
 }
 

@@ -15,6 +15,10 @@ Cases (the same names and shapes as tools/vkbench):
                 backward, e2mc_entropy sort + entropy forward + backward,
                 e2mc_cov covariance loss forward + backward; GB/s counts the
                 embeddings once (4*N*D bytes), as vkbench does.
+  conv_fwd, conv_bwd_data, conv_bwd_weight  NxCinxHxW-CoutxKHxKW-sSpP
+                F.conv2d, torch.nn.grad.conv2d_input and conv2d_weight
+                (aten.convolution_backward, as autograd runs them), no
+                bias, 2*N*Cout*Ho*Wo*Cin*KH*KW flops.
 
 Each case runs --warmup times untimed, then --repeat times; the median is
 reported. On the CPU the wall clock times each run (torch.set_num_threads is
@@ -41,6 +45,10 @@ except ImportError:
 GEMM_SHAPES = [(256, 256, 256), (1024, 1024, 1024), (2048, 2048, 2048), (3136, 256, 64)]
 COPY_SHAPES = [(4096, 4096)]
 E2MC_SHAPES = [(512, 8192), (256, 128), (4096, 2048)]
+# The convolution shapes of tools/vkbench/cases_conv.go.
+CONV_SHAPES = ["8x3x224x224-64x7x7-s2p3", "8x64x56x56-64x1x1-s1p0", "8x64x56x56-64x3x3-s1p1",
+               "8x64x56x56-256x1x1-s1p0", "8x128x56x56-128x3x3-s2p1", "8x256x14x14-256x3x3-s1p1",
+               "8x512x7x7-512x3x3-s1p1", "8x1024x14x14-2048x1x1-s2p0", "64x64x32x32-64x3x3-s1p1"]
 
 
 def m_spacings(x):
@@ -140,6 +148,19 @@ def cases(device):
             def make(n=n, d=d, case=case):
                 return e2mc_calls(torch.randn(n, d, generator=gen).to(device))[case]
             yield case, "%dx%d" % (n, d), 0.0, 4.0 * n * d, make
+    for shape in CONV_SHAPES:
+        n, cin, h, w, cout, kh, kw, st, pad = map(int, re.findall(r"\d+", shape))
+        ho, wo = (h + 2 * pad - kh) // st + 1, (w + 2 * pad - kw) // st + 1
+        flops = 2.0 * n * cout * ho * wo * cin * kh * kw
+        for case in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight"):
+            def make(n=n, cin=cin, h=h, w=w, cout=cout, kh=kh, kw=kw, st=st, pad=pad, ho=ho, wo=wo, case=case):
+                x, wt, g = rand(n, cin, h, w), rand(cout, cin, kh, kw), rand(n, cout, ho, wo)
+                if case == "conv_fwd":
+                    return lambda: torch.nn.functional.conv2d(x, wt, stride=st, padding=pad)
+                if case == "conv_bwd_data":
+                    return lambda: torch.nn.grad.conv2d_input(x.shape, wt, g, stride=st, padding=pad)
+                return lambda: torch.nn.grad.conv2d_weight(x, wt.shape, g, stride=st, padding=pad)
+            yield case, shape, flops, 0.0, make
 
 
 def main():
