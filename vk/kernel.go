@@ -100,47 +100,15 @@ func (p *pipelineCache) build(name, key string, spec []uint32) (*Kernel, error) 
 		words[i] = binary.LittleEndian.Uint32(code[4*i:])
 	}
 	h := p.dev.handle
-	var module vulkan.ShaderModule
-	if r := vulkan.CreateShaderModule(h, &vulkan.ShaderModuleCreateInfo{
-		SType:    vulkan.StructureTypeShaderModuleCreateInfo,
-		CodeSize: uint(len(code)),
-		PCode:    words,
-	}, nil, &module); r != vulkan.Success {
+	module, r := createShaderModule(h, words)
+	if r != vulkan.Success {
 		return nil, fmt.Errorf("create shader module: %w", resultError(r))
 	}
 	k := &Kernel{name: key, module: module}
-	stage := vulkan.PipelineShaderStageCreateInfo{
-		SType:  vulkan.StructureTypePipelineShaderStageCreateInfo,
-		Stage:  vulkan.ShaderStageComputeBit,
-		Module: k.module,
-		PName:  "main\x00",
-	}
-	if len(spec) > 0 {
-		entries := make([]vulkan.SpecializationMapEntry, len(spec))
-		data := make([]byte, 4*len(spec))
-		for i, v := range spec {
-			entries[i] = vulkan.SpecializationMapEntry{ConstantID: uint32(i), Offset: uint32(4 * i), Size: 4}
-			binary.LittleEndian.PutUint32(data[4*i:], v)
-		}
-		cdata := cBytes(data)
-		defer cFree(cdata)
-		stage.PSpecializationInfo = []vulkan.SpecializationInfo{{
-			MapEntryCount: uint32(len(spec)),
-			PMapEntries:   entries,
-			DataSize:      uint(len(data)),
-			PData:         cdata,
-		}}
-	}
-	pipes := make([]vulkan.Pipeline, 1)
-	if r := vulkan.CreateComputePipelines(h, p.cache, 1, []vulkan.ComputePipelineCreateInfo{{
-		SType:  vulkan.StructureTypeComputePipelineCreateInfo,
-		Stage:  stage,
-		Layout: p.dev.pipeLayout,
-	}}, nil, pipes); r != vulkan.Success {
+	if k.pipeline, r = createPipeline(h, p.cache, p.dev.pipeLayout, module, spec); r != vulkan.Success {
 		vulkan.DestroyShaderModule(h, k.module, nil)
 		return nil, fmt.Errorf("create compute pipeline: %w", resultError(r))
 	}
-	k.pipeline = pipes[0]
 	return k, nil
 }
 

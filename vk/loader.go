@@ -22,6 +22,9 @@ package vk
 static void *e2_lib;
 static PFN_vkGetInstanceProcAddr e2_gipa;
 
+// e2_loader_lib is the loader's handle once e2_load succeeded (calls.go).
+void *e2_loader_lib(void) { return e2_lib; }
+
 // e2_load opens the Vulkan loader and returns its vkGetInstanceProcAddr, or
 // NULL with dlerror's text in err.
 static void *e2_load(const char *name, char *err, size_t errlen) {

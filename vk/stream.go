@@ -132,12 +132,7 @@ func (s *Stream) barrier(src, dst vulkan.PipelineStageFlagBits) {
 	if dst == vulkan.PipelineStageHostBit {
 		dstAccess = vulkan.AccessHostReadBit
 	}
-	vulkan.CmdPipelineBarrier(s.cmd, vulkan.PipelineStageFlags(src), vulkan.PipelineStageFlags(dst), 0,
-		1, []vulkan.MemoryBarrier{{
-			SType:         vulkan.StructureTypeMemoryBarrier,
-			SrcAccessMask: vulkan.AccessFlags(vulkan.AccessMemoryWriteBit),
-			DstAccessMask: vulkan.AccessFlags(dstAccess),
-		}}, 0, nil, 0, nil)
+	memoryBarrier(s.cmd, src, dst, vulkan.AccessMemoryWriteBit, dstAccess)
 	s.written, s.read = s.written[:0], s.read[:0]
 	s.barriers++
 }
@@ -165,19 +160,12 @@ func (s *Stream) Dispatch(k *Kernel, groups [3]uint32, push []byte, args ...Arg)
 	if err != nil {
 		return err
 	}
-	writes := make([]vulkan.WriteDescriptorSet, len(args))
+	var bufs [MaxBindings]vulkan.Buffer
+	var offs, sizes [MaxBindings]uint64
 	hazard := false
 	for i, a := range args {
 		blk, off, size := a.region()
-		writes[i] = vulkan.WriteDescriptorSet{
-			SType:           vulkan.StructureTypeWriteDescriptorSet,
-			DstSet:          set,
-			DstBinding:      uint32(i),
-			DescriptorCount: 1,
-			DescriptorType:  vulkan.DescriptorTypeStorageBuffer,
-			PBufferInfo: []vulkan.DescriptorBufferInfo{{
-				Buffer: blk.buf, Offset: vulkan.DeviceSize(off), Range: vulkan.DeviceSize(size)}},
-		}
+		bufs[i], offs[i], sizes[i] = blk.buf, uint64(off), uint64(size)
 		r := region{blk, off, size}
 		for _, w := range s.written {
 			hazard = hazard || w.overlaps(r)
@@ -199,9 +187,7 @@ func (s *Stream) Dispatch(k *Kernel, groups [3]uint32, push []byte, args ...Arg)
 			s.read = append(s.read, region{blk, off, size})
 		}
 	}
-	if len(writes) > 0 {
-		vulkan.UpdateDescriptorSets(s.dev.handle, uint32(len(writes)), writes, 0, nil)
-	}
+	bindBuffers(s.dev.handle, set, bufs[:len(args)], offs[:len(args)], sizes[:len(args)])
 	vulkan.CmdBindPipeline(s.cmd, vulkan.PipelineBindPointCompute, k.pipeline)
 	vulkan.CmdBindDescriptorSets(s.cmd, vulkan.PipelineBindPointCompute, s.dev.pipeLayout, 0, 1,
 		[]vulkan.DescriptorSet{set}, 0, nil)
@@ -308,11 +294,7 @@ func (s *Stream) Run(ctx context.Context) error {
 	}
 	d := s.dev
 	d.submitMu.Lock()
-	r := vulkan.QueueSubmit(d.queue, 1, []vulkan.SubmitInfo{{
-		SType:              vulkan.StructureTypeSubmitInfo,
-		CommandBufferCount: 1,
-		PCommandBuffers:    []vulkan.CommandBuffer{s.cmd},
-	}}, s.fence)
+	r := submit(d.queue, s.cmd, s.fence)
 	d.submitMu.Unlock()
 	if r != vulkan.Success {
 		s.reset()
