@@ -332,12 +332,6 @@ func (o *Optimizer) recordStep(s *vk.Stream, g *Group, v *Var, st *paramState, l
 	})
 }
 
-// HostTensor is a tensor's values on the host in row-major order.
-type HostTensor struct {
-	Shape []int
-	Data  []float32
-}
-
 // OptimizerState is an Optimizer's state on the host: the step count and
 // one tensor per momentum buffer, named "<group>.<index>.<kind>" after the
 // parameter's group and its index within the group; kind is PyTorch's name
