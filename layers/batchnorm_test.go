@@ -465,7 +465,7 @@ func BenchmarkBatchNorm(b *testing.B) {
 				if err := g.Upload(ctx, dy); err != nil {
 					b.Fatal(err)
 				}
-				if err := tp.backwardFrom(y, g); err != nil {
+				if err := tp.BackwardWith(y, g); err != nil {
 					b.Fatal(err)
 				}
 				tp.Release()

@@ -78,7 +78,7 @@ func checkGrad(t *testing.T, c gradCase) {
 			// A host upload, not tp.alloc: tape memory may be pooled memory
 			// that recorded work still writes.
 			gOut := upload(t, d, w, out.Value.shape...)
-			if err := tp.backwardFrom(out, gOut); err != nil {
+			if err := tp.BackwardWith(out, gOut); err != nil {
 				t.Fatalf("backward: %v", err)
 			}
 			t.Cleanup(out.ZeroGrad)

@@ -275,7 +275,7 @@ func runOnDevice(t *testing.T, d *vk.Device, shapes [][]int, inputs [][]float32,
 	tp.Keep(y)
 	t.Cleanup(y.Value.Release)
 	g := upload(t, d, w, y.Shape()...)
-	if err := tp.backwardFrom(y, tp.clone(g)); err != nil {
+	if err := tp.BackwardWith(y, tp.clone(g)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(y.ZeroGrad)

@@ -278,3 +278,67 @@ func (r *ResNet) modules() []interface{ Release() } {
 	}
 	return ms
 }
+
+// ForwardFlops returns the floating-point operations of the convolutions
+// and the fc layer of one forward pass over a batch of n images of h x w
+// pixels (2 per multiply-add; the batch norms, ReLUs and pools, a few
+// percent more, are not counted). A training step does about three times
+// as many: backward-data and backward-weight each cost what the forward
+// does.
+func (c ResNetConfig) ForwardFlops(n, h, w int) (float64, error) {
+	bottleneck, blocks, err := c.stages()
+	if err != nil {
+		return 0, err
+	}
+	width, in := c.Width, c.InChannels
+	if width == 0 {
+		width = 64
+	}
+	if in == 0 {
+		in = 3
+	}
+	var total float64
+	// conv counts a k x k convolution to out channels and returns the
+	// output size.
+	conv := func(h, w, cin, out, k, stride, pad int) (int, int) {
+		ho, wo := ConvOutputSize(h, k, stride, pad, 1), ConvOutputSize(w, k, stride, pad, 1)
+		total += 2 * float64(n) * float64(out*ho*wo) * float64(cin*k*k)
+		return ho, wo
+	}
+	if c.SmallStem {
+		h, w = conv(h, w, in, width, 3, 1, 1)
+	} else {
+		h, w = conv(h, w, in, width, 7, 2, 3)
+		h, w = ConvOutputSize(h, 3, 2, 1, 1), ConvOutputSize(w, 3, 2, 1, 1)
+	}
+	if h <= 0 || w <= 0 {
+		return 0, fmt.Errorf("resnet-%d: images too small for the stem", c.Depth)
+	}
+	in = width
+	for stage := range 4 {
+		planes := width << stage
+		for i := range blocks[stage] {
+			stride := 1
+			if i == 0 && stage > 0 {
+				stride = 2
+			}
+			out := planes
+			var bh, bw int
+			if bottleneck {
+				out = 4 * planes
+				bh, bw = conv(h, w, in, planes, 1, 1, 0)
+				bh, bw = conv(bh, bw, planes, planes, 3, stride, 1)
+				bh, bw = conv(bh, bw, planes, out, 1, 1, 0)
+			} else {
+				bh, bw = conv(h, w, in, planes, 3, stride, 1)
+				bh, bw = conv(bh, bw, planes, planes, 3, 1, 1)
+			}
+			if stride != 1 || in != out {
+				conv(h, w, in, out, 1, stride, 0)
+			}
+			h, w, in = bh, bw, out
+		}
+	}
+	total += 2 * float64(n) * float64(in) * float64(c.Classes)
+	return total, nil
+}

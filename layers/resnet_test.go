@@ -258,3 +258,21 @@ func TestResNet50Step(t *testing.T) {
 		p.ZeroGrad()
 	}
 }
+
+// TestResNetFlops checks ForwardFlops against torchvision's published
+// multiply-adds at 224 px (1.81 G for ResNet-18, 3.66 G for -34, 4.09 G for
+// -50, each with the 1000-class fc).
+func TestResNetFlops(t *testing.T) {
+	for _, c := range []struct {
+		depth int
+		gmacs float64
+	}{{18, 1.814}, {34, 3.664}, {50, 4.089}} {
+		f, err := ResNetConfig{Depth: c.depth, Classes: 1000}.ForwardFlops(1, 224, 224)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f / 2 / 1e9; math.Abs(got-c.gmacs) > 0.01*c.gmacs {
+			t.Errorf("resnet-%d: %.3f G multiply-adds, torchvision reports %.3f G", c.depth, got, c.gmacs)
+		}
+	}
+}

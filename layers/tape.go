@@ -229,14 +229,20 @@ func (tp *Tape) Backward(loss *Var) error {
 	if seed != nil {
 		tp.Fail("backward", Fill(tp.s, seed, 1))
 	}
-	return tp.backwardFrom(loss, seed)
+	return tp.BackwardWith(loss, seed)
 }
 
-// backwardFrom runs the recorded backward functions in reverse, starting
-// from gradient g of v (which it takes over).
-func (tp *Tape) backwardFrom(v *Var, g *Tensor) error {
+// BackwardWith records the backward pass from v given g, the gradient of
+// some loss with respect to v computed outside the tape (the E2MC criterion
+// computes the gradient of its loss with respect to the embeddings with its
+// own kernels). g has v's shape and is only read; it stays the caller's,
+// unless it was allocated by the tape.
+func (tp *Tape) BackwardWith(v *Var, g *Tensor) error {
 	if tp.err != nil {
 		return tp.err
+	}
+	if !equalShapes(g.shape, v.Value.shape) {
+		return fmt.Errorf("backward: gradient of shape %v for a value of shape %v", g.shape, v.Value.shape)
 	}
 	if !v.requiresGrad {
 		tp.release(g)

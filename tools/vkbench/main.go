@@ -44,6 +44,8 @@ func allCases() []benchCase {
 	cs = append(cs, fmaCases()...)
 	cs = append(cs, e2mcCases()...)
 	cs = append(cs, convCases()...)
+	cs = append(cs, bnCases()...)
+	cs = append(cs, resnetCases()...)
 	return cs
 }
 

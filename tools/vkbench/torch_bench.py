@@ -19,6 +19,12 @@ Cases (the same names and shapes as tools/vkbench):
                 F.conv2d, torch.nn.grad.conv2d_input and conv2d_weight
                 (aten.convolution_backward, as autograd runs them), no
                 bias, 2*N*Cout*Ho*Wo*Cin*KH*KW flops.
+  bn_fwd, bn_train  NxC[xHxW]  F.batch_norm in training mode (affine,
+                running statistics updated); bn_train adds the backward
+                (dx, dweight, dbias) from a given output gradient.
+  resnet_step  rD-Nx3xSxS  one training step of torchvision's ResNet-D, 10
+                classes: zero_grad, forward (train mode), cross-entropy,
+                backward, SGD (lr 0.01, momentum 0.9, weight decay 1e-4).
 
 Each case runs --warmup times untimed, then --repeat times; the median is
 reported. On the CPU the wall clock times each run (torch.set_num_threads is
@@ -161,6 +167,54 @@ def cases(device):
                     return lambda: torch.nn.grad.conv2d_input(x.shape, wt, g, stride=st, padding=pad)
                 return lambda: torch.nn.grad.conv2d_weight(x, wt.shape, g, stride=st, padding=pad)
             yield case, shape, flops, 0.0, make
+    for shape in BN_SHAPES:
+        n = 1
+        for v in shape:
+            n *= v
+        for case, nbytes in (("bn_fwd", 8.0 * n), ("bn_train", 20.0 * n)):
+            def make(shape=shape, case=case):
+                return bn_call(rand(*shape), rand(*shape), case == "bn_train")
+            yield case, "x".join(map(str, shape)), 0.0, nbytes, make
+    for depth, batch, size in RESNET_STEPS:
+        def make(depth=depth, batch=batch, size=size):
+            return resnet_step_call(depth, batch, size, device, gen)
+        yield "resnet_step", "r%d-%dx3x%dx%d" % (depth, batch, size, size), 0.0, 0.0, make
+
+
+# The shapes of tools/vkbench/cases_bn.go and cases_resnet.go.
+BN_SHAPES = [(8, 256, 56, 56), (8, 2048, 7, 7), (64, 64, 32, 32), (512, 8192)]
+RESNET_STEPS = [(18, 64, 32), (50, 8, 224)]
+
+
+def bn_call(x, dy, backward):
+    c = x.shape[1]
+    w = torch.ones(c, device=x.device, requires_grad=backward)
+    b = torch.zeros(c, device=x.device, requires_grad=backward)
+    rm, rv = torch.zeros(c, device=x.device), torch.ones(c, device=x.device)
+    xx = x.detach().requires_grad_(backward)
+
+    def call():
+        with torch.enable_grad():
+            y = torch.nn.functional.batch_norm(xx, rm, rv, w, b, training=True, momentum=0.1)
+            if backward:
+                torch.autograd.grad(y, (xx, w, b), dy)
+    return call
+
+
+def resnet_step_call(depth, batch, size, device, gen):
+    import torchvision
+    torch.manual_seed(depth)
+    model = getattr(torchvision.models, "resnet%d" % depth)(num_classes=10).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    x = (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+
+    def call():
+        with torch.enable_grad():
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return call
 
 
 def main():
