@@ -8,22 +8,8 @@ func TestReluGrad(t *testing.T) {
 			name:   "relu",
 			inputs: [][]int{shape},
 			op:     func(tp *Tape, in []*Var) *Var { return tp.Relu(in[0]) },
-			ref: func(in [][]float64) []float64 {
-				out := make([]float64, len(in[0]))
-				for i, v := range in[0] {
-					out[i] = max(v, 0)
-				}
-				return out
-			},
-			init: func(_ int, x []float64) {
-				// Keep away from the kink at 0, where finite differences straddle it.
-				for i, v := range randn(3, len(x)) {
-					x[i] = float64(v)
-					if x[i] > -0.01 && x[i] < 0.01 {
-						x[i] = 0.5
-					}
-				}
-			},
+			ref:    func(in [][]float64) []float64 { return reluRef(in[0]) },
+			init:   awayFromKink,
 			fwdTol: 1e-7, gradTol: 1e-6,
 		})
 	}
@@ -43,4 +29,24 @@ func TestAddGrad(t *testing.T) {
 		},
 		fwdTol: 1e-6, gradTol: 1e-5,
 	})
+}
+
+// reluRef is max(x, 0) in float64.
+func reluRef(x []float64) []float64 {
+	out := make([]float64, len(x))
+	for i, v := range x {
+		out[i] = max(v, 0)
+	}
+	return out
+}
+
+// awayFromKink fills x with N(0, 1) values none of which lies within 0.01
+// of 0, where ReLU's finite differences would straddle the kink.
+func awayFromKink(_ int, x []float64) {
+	for i, v := range randn(3, len(x)) {
+		x[i] = float64(v)
+		if x[i] > -0.01 && x[i] < 0.01 {
+			x[i] = 0.5
+		}
+	}
 }

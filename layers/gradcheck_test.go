@@ -130,6 +130,14 @@ func numericGrad(c gradCase, host [][]float64, i int, w []float32) []float64 {
 	return g
 }
 
+func toF64(x []float32) []float64 {
+	out := make([]float64, len(x))
+	for i, v := range x {
+		out[i] = float64(v)
+	}
+	return out
+}
+
 func toF32(x []float64) []float32 {
 	out := make([]float32, len(x))
 	for i, v := range x {

@@ -151,20 +151,12 @@ func newOptimRef(c optimCase, p0 [][][]float32) *optimRef {
 	for _, g := range p0 {
 		var ps [][]float64
 		for _, p := range g {
-			ps = append(ps, widen64(p))
+			ps = append(ps, toF64(p))
 		}
 		r.p = append(r.p, ps)
 		r.buf = append(r.buf, make([][]float64, len(g)))
 	}
 	return r
-}
-
-func widen64(x []float32) []float64 {
-	out := make([]float64, len(x))
-	for i, v := range x {
-		out[i] = float64(v)
-	}
-	return out
 }
 
 func times(x []float64, f float64) []float64 {
@@ -196,7 +188,7 @@ func (r *optimRef) step(k int, grads [][][]float32) {
 			if grads[gi][pi] == nil {
 				continue
 			}
-			g := widen64(grads[gi][pi])
+			g := toF64(grads[gi][pi])
 			decayed := make([]float64, len(p)) // g + wd*p
 			for i := range p {
 				decayed[i] = g[i] + wd*p[i]
@@ -623,11 +615,11 @@ func runTorchOptim(t *testing.T, py string, p0 [][][]float32, grads [][][][]floa
 	for gi, g := range optimGroups {
 		var tg torchOptimGroup
 		for pi, q := range g {
-			tp := torchOptimParam{Shape: q.shape, P: widen64(p0[gi][pi])}
+			tp := torchOptimParam{Shape: q.shape, P: toF64(p0[gi][pi])}
 			for k := 0; k < optimSteps; k++ {
 				var gr []float64
 				if grads[k][gi][pi] != nil {
-					gr = widen64(grads[k][gi][pi])
+					gr = toF64(grads[k][gi][pi])
 				}
 				tp.Grads = append(tp.Grads, gr)
 			}

@@ -21,13 +21,14 @@ import (
 // directory and manifest.
 func torchResNet(t *testing.T, args ...string) (string, map[string][]int) {
 	t.Helper()
-	py := oracle.Python(t, "torch", "torchvision", "numpy")
 	script, err := os.ReadFile("testdata/torch_resnet.py")
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir, done := oracle.CacheDir(t, script, []byte(strings.Join(args, " ")))
 	if !done {
+		// Only now look for PyTorch: importing it takes seconds.
+		py := oracle.Python(t, "torch", "torchvision", "numpy")
 		oracle.RunFile(t, py, "testdata/torch_resnet.py", append([]string{dir}, args...)...)
 		oracle.MarkDone(t, dir)
 	}
@@ -52,14 +53,6 @@ func readF32(t *testing.T, dir, name string) []float32 {
 	out := make([]float32, len(raw)/4)
 	for i := range out {
 		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
-	}
-	return out
-}
-
-func toF64(x []float32) []float64 {
-	out := make([]float64, len(x))
-	for i, v := range x {
-		out[i] = float64(v)
 	}
 	return out
 }

@@ -49,21 +49,8 @@ func TestFlattenGrad(t *testing.T) {
 				}
 				return tp.Relu(y)
 			},
-			ref: func(in [][]float64) []float64 {
-				out := make([]float64, len(in[0]))
-				for i, v := range in[0] {
-					out[i] = max(v, 0)
-				}
-				return out
-			},
-			init: func(_ int, x []float64) {
-				for i, v := range randn(3, len(x)) {
-					x[i] = float64(v)
-					if x[i] > -0.01 && x[i] < 0.01 {
-						x[i] = 0.5 // away from relu's kink
-					}
-				}
-			},
+			ref:    func(in [][]float64) []float64 { return reluRef(in[0]) },
+			init:   awayFromKink,
 			fwdTol: moveFwdTol, gradTol: moveGradTol,
 		})
 	}
