@@ -8,3 +8,8 @@ require (
 )
 
 require gonum.org/v1/gonum v0.17.0
+
+require (
+	github.com/nlpodyssey/gopickle v0.2.0 // indirect
+	github.com/nlpodyssey/safetensors v0.0.0-20250209183917-bfb01cc25f7c // indirect
+)
