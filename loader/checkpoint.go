@@ -98,7 +98,7 @@ func WriteCheckpoint(path string, c *Checkpoint) error {
 	delete(meta, MetaOptimizerSHA256)
 	meta[MetaFormat] = formatModel
 	meta[MetaFormatVersion] = strconv.Itoa(formatVersion)
-	meta[MetaArch] = c.Arch
+	meta[MetaArch], _ = inferArch(c.Backbone)
 	if c.Epoch >= 0 {
 		meta[MetaEpoch] = strconv.Itoa(c.Epoch)
 	}
@@ -145,6 +145,14 @@ func WriteCheckpoint(path string, c *Checkpoint) error {
 func (c *Checkpoint) modelTensors() ([]NamedTensor, error) {
 	if len(c.Backbone) == 0 {
 		return nil, errors.New("the checkpoint has no backbone")
+	}
+	// Never write a file ReadCheckpoint would refuse.
+	arch, err := inferArch(c.Backbone)
+	if err != nil {
+		return nil, err
+	}
+	if c.Arch != "" && c.Arch != arch {
+		return nil, fmt.Errorf("the checkpoint says %s, its backbone is %s", c.Arch, arch)
 	}
 	var out []NamedTensor
 	for _, k := range slices.Sorted(maps.Keys(c.Backbone)) {

@@ -237,6 +237,18 @@ func TestCheckpointAtomic(t *testing.T) {
 		t.Error("fractional counter written")
 	}
 	same("fractional counter")
+	bad = testCheckpoint(t)
+	delete(bad.Backbone, "layer4.1.conv1.weight")
+	if err := WriteCheckpoint(path, bad); err == nil || !strings.Contains(err.Error(), "[2 2 2 1]") {
+		t.Errorf("a backbone that is no ResNet: %v", err)
+	}
+	same("no ResNet")
+	bad = testCheckpoint(t)
+	bad.Arch = "resnet34"
+	if err := WriteCheckpoint(path, bad); err == nil || !strings.Contains(err.Error(), "resnet34") {
+		t.Errorf("wrong arch: %v", err)
+	}
+	same("wrong arch")
 
 	// A write that fails half-way through the file.
 	err := writeAtomic(path, func(w io.Writer) error {
