@@ -220,6 +220,12 @@ func writeAtomic(path string, write func(io.Writer) error) error {
 			os.Remove(tmp.Name())
 		}
 	}()
+	// CreateTemp makes the file private (0600); arrays and checkpoints are
+	// no secret: give them the 0644 that os.Create gives under the usual
+	// umask.
+	if err := tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
 	if err := write(tmp); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -10,6 +10,8 @@
 //	devices   list the Vulkan devices (--json for a machine-readable list)
 //	version   print the version, the Go version and the Vulkan loader
 //	entropy   measure an N x D .npy array of embeddings as E2MC does
+//	embed     embeddings of a data set with a checkpoint's backbone
+//	convert   convert a checkpoint between .pth and .safetensors
 //
 // Run `e2mcvk <command> --help` for a command's flags.
 //
@@ -51,6 +53,8 @@ type cli struct {
 	Devices devicesCmd `cmd:"" help:"List the Vulkan devices e2mcvk can use."`
 	Version versionCmd `cmd:"" help:"Print the version of e2mcvk, Go and the Vulkan loader."`
 	Entropy entropyCmd `cmd:"" help:"Per-dimension m-spacing entropy, covariance loss and effective rank of an N x D .npy array."`
+	Embed   embedCmd   `cmd:"" help:"Embeddings of a data set with a checkpoint's backbone or projector, as an N x D .npy array."`
+	Convert convertCmd `cmd:"" help:"Convert a checkpoint between PyTorch .pth and e2mcvk .safetensors."`
 }
 
 // description is the top-level help text.
