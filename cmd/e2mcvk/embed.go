@@ -23,6 +23,7 @@ type embedCmd struct {
 	Resize     int    `name:"resize" default:"256" help:"Resize the shorter side to this many pixels (bilinear) first; 0 keeps the size."`
 	Crop       int    `name:"crop" default:"224" help:"Then take the centre crop of this size; 0 keeps the whole image."`
 	BatchSize  int    `name:"batch-size" default:"64" help:"Images per forward pass."`
+	Limit      int    `name:"limit" default:"0" help:"Embed only the first N images of the data set (0: all)."`
 	Device     int    `name:"device" default:"0" help:"Index of the Vulkan device to run on (see e2mcvk devices)."`
 }
 
@@ -63,6 +64,13 @@ func (c *embedCmd) Run(e *env) error {
 	if ds.Len() == 0 {
 		return fmt.Errorf("%s holds no images", c.Data)
 	}
+	if c.Limit < 0 {
+		return fmt.Errorf("--limit %d: want 0 (all) or more", c.Limit)
+	}
+	n := ds.Len()
+	if c.Limit > 0 {
+		n = min(n, c.Limit)
+	}
 	for _, n := range parts.Notes {
 		fmt.Fprintf(e.stderr, "note: %s\n", n)
 	}
@@ -78,25 +86,25 @@ func (c *embedCmd) Run(e *env) error {
 			return err
 		}
 		defer m.release()
-		out, dim, err = m.run(e, ds, loader.Preprocess{Resize: c.Resize, Crop: c.Crop}, c.BatchSize)
+		out, dim, err = m.run(e, ds, n, loader.Preprocess{Resize: c.Resize, Crop: c.Crop}, c.BatchSize)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	if err := loader.WriteNpy(c.Out, []int{ds.Len(), dim}, out); err != nil {
+	if err := loader.WriteNpy(c.Out, []int{n, dim}, out); err != nil {
 		return err
 	}
 	if c.LabelsOut != "" {
-		labels := make([]float32, ds.Len())
+		labels := make([]float32, n)
 		for i := range labels {
 			labels[i] = float32(ds.Label(i))
 		}
-		if err := loader.WriteNpy(c.LabelsOut, []int{ds.Len()}, labels); err != nil {
+		if err := loader.WriteNpy(c.LabelsOut, []int{n}, labels); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintf(e.stderr, "wrote %d x %d embeddings to %s\n", ds.Len(), dim, c.Out)
+	fmt.Fprintf(e.stderr, "wrote %d x %d embeddings to %s\n", n, dim, c.Out)
 	return nil
 }
 
@@ -157,14 +165,13 @@ func (m *embedder) release() {
 	}
 }
 
-// run embeds every image of ds, batch by batch, reporting progress.
-func (m *embedder) run(e *env, ds loader.Dataset, pre loader.Preprocess, batch int) ([]float32, int, error) {
+// run embeds the first n images of ds, batch by batch, reporting progress.
+func (m *embedder) run(e *env, ds loader.Dataset, n int, pre loader.Preprocess, batch int) ([]float32, int, error) {
 	s, err := m.dev.NewStream()
 	if err != nil {
 		return nil, 0, err
 	}
 	defer s.Close()
-	n := ds.Len()
 	var out []float32
 	dim := 0
 	progress := newProgress(e.stderr, "embed", n)
