@@ -2,14 +2,22 @@ package loader
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/e2mcvk/e2mcvk/internal/oracle"
 	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/vk/vktest"
 )
@@ -631,5 +639,286 @@ func TestModelParts(t *testing.T) {
 	}
 	if !reflect.DeepEqual(p.HeadNames(), []string{HeadFC, HeadProjector, HeadPrototypes}) {
 		t.Errorf("heads %v", p.HeadNames())
+	}
+}
+
+// torchLayouts runs testdata/torch_layouts.py (cached): real PyTorch
+// checkpoints in every layout, and what splitting each must give.
+func torchLayouts(t *testing.T) (string, map[string]torchEntry) {
+	t.Helper()
+	script, err := os.ReadFile("testdata/torch_layouts.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, done := oracle.CacheDir(t, script, []byte("write"))
+	if !done {
+		// Only now look for PyTorch: importing it takes seconds.
+		py := oracle.Python(t, "torch", "torchvision", "numpy")
+		oracle.RunFile(t, py, "testdata/torch_layouts.py", "write", dir)
+		oracle.MarkDone(t, dir)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]torchEntry
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	return dir, m
+}
+
+// torchEntry is one file of the manifest; a tensor is [shape, sha256 of
+// its values as little-endian float32].
+type torchEntry struct {
+	Layout    Layout
+	Arch      string
+	Epoch     int
+	Optimizer bool
+	Parts     map[string]map[string][2]json.RawMessage
+}
+
+// digest is the manifest's sha256 of a tensor's float32 values.
+func digest(t layers.HostTensor) string {
+	b := make([]byte, 0, 4*len(t.Data))
+	for _, v := range t.Data {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
+	}
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// matchManifest compares tensors with a part of the manifest.
+func matchManifest(t *testing.T, what string, got map[string]layers.HostTensor, want map[string][2]json.RawMessage) {
+	t.Helper()
+	n := 0
+	for name, sw := range want {
+		n++
+		var shape []int
+		var sum string
+		if err := json.Unmarshal(sw[0], &shape); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(sw[1], &sum); err != nil {
+			t.Fatal(err)
+		}
+		g, ok := got[name]
+		switch {
+		case !ok:
+			t.Errorf("%s: missing %s", what, name)
+		case !slices.Equal(g.Shape, shape) && !(len(shape) == 0 && len(g.Shape) == 0):
+			t.Errorf("%s: %s has shape %v, want %v", what, name, g.Shape, shape)
+		case digest(g) != sum:
+			t.Errorf("%s: %s differs from PyTorch's values", what, name)
+		case g.Int64 != strings.HasSuffix(name, "num_batches_tracked"):
+			t.Errorf("%s: %s int64 %v", what, name, g.Int64)
+		}
+	}
+	for name := range got {
+		if _, ok := want[name]; !ok {
+			t.Errorf("%s: unexpected %s", what, name)
+		}
+	}
+	if n == 0 {
+		t.Errorf("%s: nothing compared", what)
+	}
+}
+
+// TestTorchLayouts reads real PyTorch checkpoints of every layout (VICReg,
+// its released backbone, SwAV in three forms, one in the legacy format,
+// SimSiam, torchvision with and without counters), splits them, loads them
+// into our modules, and saves and reads them as e2mcvk checkpoints, every
+// value compared with PyTorch's.
+func TestTorchLayouts(t *testing.T) {
+	ctx := context.Background()
+	dir, manifest := torchLayouts(t)
+	heads := map[string]layers.MLPConfig{
+		"vicreg.pth/projector":                      {Spec: "16-16-16", HiddenBias: true},
+		"swav/projector":                            {Spec: "32-16", HiddenBias: true, LastBias: true},
+		"swav/prototypes":                           {Spec: "30"},
+		"simsiam_checkpoint_0099.pth.tar/projector": {Spec: "128-128-32", LastBias: true, LastBN: true},
+		"simsiam_checkpoint_0099.pth.tar/predictor": {Spec: "8-32", LastBias: true},
+	}
+	out := t.TempDir()
+	for _, name := range slices.Sorted(maps.Keys(manifest)) {
+		e := manifest[name]
+		t.Run(name, func(t *testing.T) {
+			root, err := ReadPth(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := SplitCheckpoint(root, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Layout != e.Layout || p.Arch != e.Arch || p.Epoch != e.Epoch || (p.Optimizer != nil) != e.Optimizer || len(p.Notes) > 0 {
+				t.Errorf("layout %q arch %q epoch %d optimizer %v notes %q; want %q %q %d %v", p.Layout, p.Arch, p.Epoch, p.Optimizer != nil, p.Notes, e.Layout, e.Arch, e.Epoch, e.Optimizer)
+			}
+			matchManifest(t, "backbone", p.Backbone, e.Parts["backbone"])
+			var wantHeads []string
+			for part := range e.Parts {
+				if part != "backbone" {
+					wantHeads = append(wantHeads, part)
+					matchManifest(t, part, p.Heads[part], e.Parts[part])
+				}
+			}
+			slices.Sort(wantHeads)
+			if !slices.Equal(p.HeadNames(), wantHeads) {
+				t.Errorf("heads %v, want %v", p.HeadNames(), wantHeads)
+			}
+
+			// Into our modules and out again.
+			c, err := ResNetConfigFor(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := layers.NewResNet(ctx, vktest.Device(t), c, rand.New(rand.NewPCG(5, 5)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Release()
+			p.Notes = nil // the split's notes were checked above
+			if err := LoadBackbone(ctx, r, p); err != nil {
+				t.Fatal(err)
+			}
+			sd, err := layers.StateDict(ctx, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := maps.Clone(e.Parts["backbone"])
+			for k, v := range e.Parts["fc"] {
+				want["fc."+k] = v
+			}
+			// The zoo file has no counters: LoadBackbone starts them at 0.
+			for k, v := range sd {
+				if _, ok := want[k]; !ok && strings.HasSuffix(k, "num_batches_tracked") && v.Data[0] == 0 {
+					delete(sd, k)
+				}
+			}
+			matchManifest(t, "loaded backbone", sd, want)
+			if zoo := name == "resnet18_zoo.pth"; zoo != strings.Contains(strings.Join(p.Notes, "\n"), "20 batch norms have no num_batches_tracked") {
+				t.Errorf("notes %q", p.Notes)
+			}
+			for _, head := range p.HeadNames() {
+				if head == HeadFC {
+					continue
+				}
+				cfg, in, err := InferHeadConfig(p, head)
+				if err != nil {
+					t.Fatal(err)
+				}
+				key := name + "/" + head
+				if strings.HasPrefix(name, "swav") {
+					key = "swav/" + head
+				}
+				if wc, ok := heads[key]; !ok || cfg != wc {
+					t.Errorf("%s: inferred %+v, want %+v", head, cfg, wc)
+				}
+				m, err := layers.NewMLP(ctx, vktest.Device(t), in, cfg, rand.New(rand.NewPCG(6, 6)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer m.Release()
+				if err := LoadHead(ctx, m, p, head); err != nil {
+					t.Fatal(err)
+				}
+				hs, err := layers.StateDict(ctx, m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				matchManifest(t, "loaded "+head, hs, sequentialNamesManifest(e.Parts[head]))
+			}
+
+			// As an e2mcvk checkpoint.
+			path := filepath.Join(out, name+".safetensors")
+			if err := WriteCheckpoint(path, &Checkpoint{Parts: *p, Meta: map[string]string{MetaMethod: string(e.Layout)}}); err != nil {
+				t.Fatal(err)
+			}
+			back, err := ReadCheckpoint(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if back.Layout != LayoutE2MCVK || back.Arch != e.Arch || back.Epoch != e.Epoch || back.Meta[MetaSourceLayout] != string(e.Layout) {
+				t.Errorf("read back: %q %q %d %v", back.Layout, back.Arch, back.Epoch, back.Meta)
+			}
+			matchManifest(t, "saved backbone", back.Backbone, e.Parts["backbone"])
+			for _, head := range wantHeads {
+				matchManifest(t, "saved "+head, back.Heads[head], e.Parts[head])
+			}
+			if name == "simsiam_checkpoint_0099.pth.tar" {
+				checkWithNumpy(t, path, e)
+			}
+		})
+	}
+}
+
+// sequentialNamesManifest is sequentialNames for a manifest part.
+func sequentialNamesManifest(m map[string][2]json.RawMessage) map[string][2]json.RawMessage {
+	if _, ok := m["weight"]; !ok {
+		return m
+	}
+	out := map[string][2]json.RawMessage{}
+	for k, v := range m {
+		out["0."+k] = v
+	}
+	return out
+}
+
+// checkWithNumpy reads a checkpoint we wrote with json and numpy alone
+// (torch_layouts.py readst) and compares it with PyTorch's values.
+func checkWithNumpy(t *testing.T, path string, e torchEntry) {
+	t.Helper()
+	script, err := os.ReadFile("testdata/torch_layouts.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, done := oracle.CacheDir(t, script, []byte("readst"), file)
+	if !done {
+		py := oracle.Python(t, "numpy")
+		raw := oracle.RunFile(t, py, "testdata/torch_layouts.py", "readst", path)
+		if err := os.WriteFile(filepath.Join(dir, "readst.json"), raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		oracle.MarkDone(t, dir)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "readst.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Metadata map[string]string
+		Tensors  map[string][3]json.RawMessage
+	}
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Metadata[MetaFormat] != "e2mcvk-checkpoint" || got.Metadata[MetaArch] != e.Arch {
+		t.Errorf("numpy reads metadata %v", got.Metadata)
+	}
+	n := 0
+	for part, ts := range e.Parts {
+		for name, sw := range ts {
+			key := part + "." + name
+			g, ok := got.Tensors[key]
+			if !ok {
+				t.Errorf("numpy finds no %s", key)
+				continue
+			}
+			n++
+			wantType := `"F32"`
+			if strings.HasSuffix(name, "num_batches_tracked") {
+				wantType = `"I64"`
+			}
+			if string(g[0]) != wantType || string(g[2]) != string(sw[1]) {
+				t.Errorf("numpy reads %s as %s %s", key, g[0], g[1])
+			}
+		}
+	}
+	if n != len(got.Tensors) {
+		t.Errorf("numpy reads %d tensors, the manifest has %d", len(got.Tensors), n)
 	}
 }
