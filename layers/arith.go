@@ -2,6 +2,7 @@ package layers
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -26,7 +27,7 @@ func (tp *Tape) Sub(a, b *Var) *Var {
 	if !tp.ok(a, b) {
 		return nil
 	}
-	if !equalShapes(a.Value.shape, b.Value.shape) {
+	if !slices.Equal(a.Value.shape, b.Value.shape) {
 		tp.Fail("sub", fmt.Errorf("shapes %v and %v differ", a.Value.shape, b.Value.shape))
 		return nil
 	}
@@ -52,7 +53,7 @@ func (tp *Tape) Mul(a, b *Var) *Var {
 	if !tp.ok(a, b) {
 		return nil
 	}
-	if !equalShapes(a.Value.shape, b.Value.shape) {
+	if !slices.Equal(a.Value.shape, b.Value.shape) {
 		tp.Fail("mul", fmt.Errorf("shapes %v and %v differ", a.Value.shape, b.Value.shape))
 		return nil
 	}

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/bits"
 	"os"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -179,7 +180,7 @@ func BatchNormForward(s *vk.Stream, y, x, weight, bias, runningMean, runningVar 
 	if err != nil {
 		return fmt.Errorf("batchnorm: %w", err)
 	}
-	if !equalShapes(y.shape, x.shape) {
+	if !slices.Equal(y.shape, x.shape) {
 		return fmt.Errorf("batchnorm: output %v for input %v", y.shape, x.shape)
 	}
 	stats, err := New(x.Device(), bnStatRows, g.c)
@@ -427,7 +428,7 @@ func bnShape(tu bnTuning, rows, cb, sb int) (wg, ty, chunk int) {
 func bnReduce(s *vk.Stream, g bnGeom, op int, x, dy, stats *Tensor) (*Tensor, int, error) {
 	ops := []*Tensor{x}
 	if dy != nil {
-		if !equalShapes(dy.shape, x.shape) || !dy.Contiguous() {
+		if !slices.Equal(dy.shape, x.shape) || !dy.Contiguous() {
 			return nil, 0, fmt.Errorf("gradient %v for an input %v (both contiguous)", dy.shape, x.shape)
 		}
 		ops = append(ops, dy)
@@ -584,7 +585,7 @@ func bnApply(s *vk.Stream, g bnGeom, mode int, y, x, dy, stats *Tensor) error {
 		ops = append(ops, operand{dy, false})
 	}
 	for _, o := range ops {
-		if !equalShapes(o.t.shape, x.shape) || !o.t.Contiguous() {
+		if !slices.Equal(o.t.shape, x.shape) || !o.t.Contiguous() {
 			return fmt.Errorf("tensor %v for an input %v (all contiguous)", o.t.shape, x.shape)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -99,7 +100,7 @@ func convCheckOperand(op, name string, t *Tensor, want []int, d *vk.Device) erro
 	if t == nil {
 		return fmt.Errorf("%s: %s is nil", op, name)
 	}
-	if !equalShapes(t.shape, want) {
+	if !slices.Equal(t.shape, want) {
 		return fmt.Errorf("%s: %s has shape %v, want %v", op, name, t.shape, want)
 	}
 	if !t.Contiguous() {

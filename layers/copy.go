@@ -3,6 +3,7 @@ package layers
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -31,7 +32,7 @@ const maxCopyRank = maxRank
 // contiguous src is copied at full bandwidth (vec4 where both are 16-byte
 // aligned). src and dst must not overlap.
 func Copy(s *vk.Stream, dst, src *Tensor) error {
-	if !equalShapes(dst.shape, src.shape) {
+	if !slices.Equal(dst.shape, src.shape) {
 		return fmt.Errorf("copy: shapes %v and %v differ", dst.shape, src.shape)
 	}
 	if !dst.Contiguous() {

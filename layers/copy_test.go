@@ -2,6 +2,7 @@ package layers
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -123,7 +124,7 @@ func TestContiguousAndTranspose2D(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Release()
-		if got := c.Shape(); !equalShapes(got, []int{13, 257}) || !c.Contiguous() {
+		if got := c.Shape(); !slices.Equal(got, []int{13, 257}) || !c.Contiguous() {
 			t.Fatalf("Contiguous gave %v, contiguous %v", got, c.Contiguous())
 		}
 		back := empty(t, dev.dev, 257, 13)

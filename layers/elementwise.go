@@ -2,6 +2,7 @@ package layers
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -29,7 +30,7 @@ var binNames = [...]string{"add", "sub", "mul", "scale", "axpy", "relu gradient"
 
 // binaryOp records y = op(a, b) over contiguous tensors of equal shape.
 func binaryOp(s *vk.Stream, op int, y, a, b *Tensor, alpha float32) error {
-	if !equalShapes(y.shape, a.shape) || !equalShapes(y.shape, b.shape) {
+	if !slices.Equal(y.shape, a.shape) || !slices.Equal(y.shape, b.shape) {
 		return fmt.Errorf("%s: shapes %v, %v and %v differ", binNames[op], y.shape, a.shape, b.shape)
 	}
 	ops := []operand{{a, false}, {b, false}, {y, true}}
@@ -42,18 +43,6 @@ func binaryOp(s *vk.Stream, op int, y, a, b *Tensor, alpha float32) error {
 		return fmt.Errorf("%s: %w", binNames[op], err)
 	}
 	return nil
-}
-
-func equalShapes(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Add records dst = a + b. All three are contiguous tensors of one shape;

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -62,7 +63,7 @@ func (tp *Tape) Linear(x, w, b *Var) *Var {
 		return nil
 	}
 	n, in, out := xs[0], xs[1], ws[0]
-	if b != nil && !equalShapes(b.Value.shape, []int{out}) {
+	if b != nil && !slices.Equal(b.Value.shape, []int{out}) {
 		tp.Fail(op, fmt.Errorf("bias %v for a weight %v: want [%d]", b.Value.shape, ws, out))
 		return nil
 	}

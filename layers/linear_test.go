@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/e2mcvk/e2mcvk/vk/vktest"
@@ -124,10 +125,10 @@ func TestNewLinear(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Release()
-	if got := l.Weight.Shape(); !equalShapes(got, []int{out, in}) {
+	if got := l.Weight.Shape(); !slices.Equal(got, []int{out, in}) {
 		t.Fatalf("weight %v", got)
 	}
-	if got := l.Bias.Shape(); !equalShapes(got, []int{out}) {
+	if got := l.Bias.Shape(); !slices.Equal(got, []int{out}) {
 		t.Fatalf("bias %v", got)
 	}
 	w, err := l.Weight.Value.Download(ctx)

@@ -2,6 +2,7 @@ package layers
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -13,7 +14,7 @@ func (tp *Tape) MSE(a, b *Var) *Var {
 	if !tp.ok(a, b) {
 		return nil
 	}
-	if !equalShapes(a.Value.shape, b.Value.shape) {
+	if !slices.Equal(a.Value.shape, b.Value.shape) {
 		tp.Fail(op, fmt.Errorf("shapes %v and %v differ", a.Value.shape, b.Value.shape))
 		return nil
 	}

@@ -3,6 +3,7 @@ package layers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -92,7 +93,7 @@ func LoadStateDict(ctx context.Context, m Module, sd map[string]HostTensor, stri
 		default:
 			want = e.Buffer.Shape()
 		}
-		if !equalShapes(h.Shape, want) && !(len(want) == 0 && len(h.Data) == 1) {
+		if !slices.Equal(h.Shape, want) && !(len(want) == 0 && len(h.Data) == 1) {
 			problems = append(problems, fmt.Sprintf("%s has shape %v, want %v", e.Name, h.Shape, want))
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -106,7 +107,7 @@ func TestStateDictRoundTrip(t *testing.T) {
 	}
 	for name, h := range sd {
 		g := back[name]
-		if !equalShapes(g.Shape, h.Shape) || g.Int64 != h.Int64 || fmt.Sprint(g.Data) != fmt.Sprint(h.Data) {
+		if !slices.Equal(g.Shape, h.Shape) || g.Int64 != h.Int64 || fmt.Sprint(g.Data) != fmt.Sprint(h.Data) {
 			t.Fatalf("%s differs after the round trip", name)
 		}
 	}

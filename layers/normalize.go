@@ -2,6 +2,7 @@ package layers
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -22,7 +23,7 @@ func L2Normalize(s *vk.Stream, dst, x *Tensor) error {
 	if err != nil {
 		return err
 	}
-	if !equalShapes(dst.shape, x.shape) {
+	if !slices.Equal(dst.shape, x.shape) {
 		return fmt.Errorf("l2 normalize: shapes %v and %v differ", dst.shape, x.shape)
 	}
 	ss, tmp, err := newScratch(x.Device(), n, d)
@@ -45,7 +46,7 @@ func CosineSimilarity(s *vk.Stream, dst, a, b *Tensor) error {
 	if err != nil {
 		return err
 	}
-	if !equalShapes(a.shape, b.shape) || dst.Len() != n || len(dst.shape) != 1 {
+	if !slices.Equal(a.shape, b.shape) || dst.Len() != n || len(dst.shape) != 1 {
 		return fmt.Errorf("cosine similarity of %v and %v into %v: want two [N, D] and an [N]", a.shape, b.shape, dst.shape)
 	}
 	dots, err := New(a.Device(), 3, n)
@@ -116,7 +117,7 @@ func (tp *Tape) CosineSimilarity(a, b *Var) *Var {
 		tp.Fail(op, err)
 		return nil
 	}
-	if !equalShapes(a.Value.shape, b.Value.shape) {
+	if !slices.Equal(a.Value.shape, b.Value.shape) {
 		tp.Fail(op, fmt.Errorf("shapes %v and %v differ", a.Value.shape, b.Value.shape))
 		return nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -234,7 +235,7 @@ func (o *Optimizer) check(s *vk.Stream, v *Var) error {
 	if v.Value.Device() != s.Device() {
 		return fmt.Errorf("the parameter lives on another device than the stream's")
 	}
-	if !equalShapes(v.Grad.shape, v.Value.shape) {
+	if !slices.Equal(v.Grad.shape, v.Value.shape) {
 		return fmt.Errorf("gradient of shape %v for a parameter of shape %v", v.Grad.shape, v.Value.shape)
 	}
 	if !v.Grad.Contiguous() {
@@ -407,7 +408,7 @@ func (o *Optimizer) LoadState(ctx context.Context, st *OptimizerState) error {
 			return fmt.Errorf("%s: load state: %q: this optimizer's buffers are %q", name, k, o.bufferKind())
 		}
 		want := o.groups[gi].Params[pi].Value.shape
-		if !equalShapes(t.Shape, want) {
+		if !slices.Equal(t.Shape, want) {
 			return fmt.Errorf("%s: load state: %q has shape %v, the parameter %v", name, k, t.Shape, want)
 		}
 		n := 1

@@ -3,6 +3,7 @@ package layers
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -182,7 +183,7 @@ func pool2d(s *vk.Stream, op int, y, x *Tensor, p PoolParams) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", poolNames[op], err)
 	}
-	if want := g.outShape(x.shape); !equalShapes(y.shape, want) {
+	if want := g.outShape(x.shape); !slices.Equal(y.shape, want) {
 		return fmt.Errorf("%s: output %v for input %v, want %v", poolNames[op], y.shape, x.shape, want)
 	}
 	return poolForward(s, op, g, y, x, nil)

@@ -3,6 +3,7 @@ package layers
 import (
 	"fmt"
 	"math/bits"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -70,7 +71,7 @@ func reduce(s *vk.Stream, name string, dst, x *Tensor, axis, op int, div func(n 
 	drop := append(append([]int(nil), x.shape[:axis]...), x.shape[axis+1:]...)
 	keep := append([]int(nil), x.shape...)
 	keep[axis] = 1
-	if !equalShapes(dst.shape, drop) && !equalShapes(dst.shape, keep) {
+	if !slices.Equal(dst.shape, drop) && !slices.Equal(dst.shape, keep) {
 		return fmt.Errorf("%s over axis %d of %v: result has shape %v, want %v or %v", name, axis, x.shape, dst.shape, drop, keep)
 	}
 	if !dst.Contiguous() {

@@ -2,12 +2,12 @@ package layers
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -43,20 +43,6 @@ func torchResNet(t *testing.T, args ...string) (string, map[string][]int) {
 	return dir, manifest
 }
 
-// readF32 reads a raw little-endian float32 file of the oracle.
-func readF32(t *testing.T, dir, name string) []float32 {
-	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(dir, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make([]float32, len(raw)/4)
-	for i := range out {
-		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
-	}
-	return out
-}
-
 // TestResNet18MatchesTorch loads a torchvision ResNet-18's state, runs one
 // train-mode forward and backward with cross-entropy, and compares the
 // logits, the loss, every parameter's gradient and the running statistics
@@ -74,19 +60,19 @@ func TestResNet18MatchesTorch(t *testing.T) {
 	sd := map[string]HostTensor{}
 	for name, shape := range manifest {
 		if key, ok := strings.CutPrefix(name, "init/"); ok {
-			sd[key] = HostTensor{Shape: shape, Data: readF32(t, dir, name), Int64: strings.HasSuffix(key, "num_batches_tracked")}
+			sd[key] = HostTensor{Shape: shape, Data: oracle.ReadFloat32s(t, filepath.Join(dir, name)), Int64: strings.HasSuffix(key, "num_batches_tracked")}
 		}
 	}
 	if err := LoadStateDict(ctx, r, sd, true); err != nil {
 		t.Fatal(err)
 	}
 	var labels []int
-	for _, v := range readF32(t, dir, "labels") {
+	for _, v := range oracle.ReadFloat32s(t, filepath.Join(dir, "labels")) {
 		labels = append(labels, int(v))
 	}
 	s := stream(t, d)
 	tp := NewTape(s)
-	logits := r.Forward(tp, Constant(upload(t, d, readF32(t, dir, "x"), batch, 3, size, size)))
+	logits := r.Forward(tp, Constant(upload(t, d, oracle.ReadFloat32s(t, filepath.Join(dir, "x")), batch, 3, size, size)))
 	loss := tp.CrossEntropy(logits, labels)
 	tp.Keep(logits)
 	tp.Keep(loss)
@@ -101,12 +87,12 @@ func TestResNet18MatchesTorch(t *testing.T) {
 			p.ZeroGrad()
 		}
 	})
-	assertClose(t, "logits", run(t, s, logits.Value), toF64(readF32(t, dir, "logits")), 1e-4)
+	assertClose(t, "logits", run(t, s, logits.Value), toF64(oracle.ReadFloat32s(t, filepath.Join(dir, "logits"))), 1e-4)
 	got, err := loss.Value.Download(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	assertClose(t, "loss", got, toF64(readF32(t, dir, "loss")), 1e-4)
+	assertClose(t, "loss", got, toF64(oracle.ReadFloat32s(t, filepath.Join(dir, "loss"))), 1e-4)
 	after, err := StateDict(ctx, r)
 	if err != nil {
 		t.Fatal(err)
@@ -123,9 +109,9 @@ func TestResNet18MatchesTorch(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			assertClose(t, "gradient of "+e.Name, g, toF64(readF32(t, dir, "grad/"+e.Name)), 1e-3)
+			assertClose(t, "gradient of "+e.Name, g, toF64(oracle.ReadFloat32s(t, filepath.Join(dir, "grad/"+e.Name))), 1e-3)
 		default:
-			assertClose(t, e.Name+" after the step", after[e.Name].Data, toF64(readF32(t, dir, "after/"+e.Name)), 1e-4)
+			assertClose(t, e.Name+" after the step", after[e.Name].Data, toF64(oracle.ReadFloat32s(t, filepath.Join(dir, "after/"+e.Name))), 1e-4)
 		}
 		checked++
 	}
@@ -170,7 +156,7 @@ func TestResNetStateNames(t *testing.T) {
 			default:
 				have = []int{}
 			}
-			if e.Name != name || !equalShapes(have, shape) {
+			if e.Name != name || !slices.Equal(have, shape) {
 				t.Errorf("resnet-%d entry %d: %s %v, torchvision has %s %v", depth, i, e.Name, have, name, shape)
 				break
 			}

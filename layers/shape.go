@@ -1,6 +1,9 @@
 package layers
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Reshape returns x with another shape of the same number of elements; one
 // dimension may be -1, inferred from the others (as in torch.reshape). A
@@ -108,7 +111,7 @@ func (tp *Tape) Concat(xs ...*Var) *Var {
 	rest = rest[1:]
 	rows := 0
 	for _, x := range xs {
-		if len(x.Value.shape) == 0 || !equalShapes(x.Value.shape[1:], rest) {
+		if len(x.Value.shape) == 0 || !slices.Equal(x.Value.shape[1:], rest) {
 			tp.Fail("concat", fmt.Errorf("shapes %v and %v differ beyond dimension 0", xs[0].Value.shape, x.Value.shape))
 			return nil
 		}

@@ -2,6 +2,7 @@ package layers
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -23,7 +24,7 @@ func LogSoftmax(s *vk.Stream, dst, x *Tensor) error { return softmaxRows(s, soft
 
 func softmaxRows(s *vk.Stream, mode int, dst, x *Tensor) error {
 	name := [...]string{"softmax", "log-softmax"}[mode]
-	if len(x.shape) == 0 || !equalShapes(dst.shape, x.shape) {
+	if len(x.shape) == 0 || !slices.Equal(dst.shape, x.shape) {
 		return fmt.Errorf("%s: shapes %v and %v: want one shape of rank 1 or more", name, dst.shape, x.shape)
 	}
 	if !x.Contiguous() || !dst.Contiguous() {

@@ -2,6 +2,7 @@ package layers
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -241,7 +242,7 @@ func (tp *Tape) BackwardWith(v *Var, g *Tensor) error {
 	if tp.err != nil {
 		return tp.err
 	}
-	if !equalShapes(g.shape, v.Value.shape) {
+	if !slices.Equal(g.shape, v.Value.shape) {
 		return fmt.Errorf("backward: gradient of shape %v for a value of shape %v", g.shape, v.Value.shape)
 	}
 	if !v.requiresGrad {
@@ -279,7 +280,7 @@ func (tp *Tape) BackwardWith(v *Var, g *Tensor) error {
 
 // accumulate adds gradient g (tape-owned, taken over) to v.Grad.
 func (tp *Tape) accumulate(v *Var, g *Tensor) {
-	if !equalShapes(g.shape, v.Value.shape) {
+	if !slices.Equal(g.shape, v.Value.shape) {
 		tp.Fail("backward", fmt.Errorf("gradient of shape %v for a value of shape %v", g.shape, v.Value.shape))
 		return
 	}

@@ -2,6 +2,7 @@ package layers
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -22,7 +23,7 @@ var unNames = [...]string{"relu", "sigmoid", "exp", "log", "normal cdf", "erf", 
 
 // unaryOp records dst = f(x) elementwise over contiguous tensors of one shape.
 func unaryOp(s *vk.Stream, op int, dst, x *Tensor) error {
-	if !equalShapes(dst.shape, x.shape) {
+	if !slices.Equal(dst.shape, x.shape) {
 		return fmt.Errorf("%s: shapes %v and %v differ", unNames[op], dst.shape, x.shape)
 	}
 	err := elementwise(x.Len(), []operand{{x, false}, {dst, true}}, func(n int, args []vk.Arg, offs []uint32) error {

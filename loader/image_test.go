@@ -98,19 +98,6 @@ func torchPreprocess(t *testing.T) (string, map[string][]int) {
 	return dir, manifest
 }
 
-func readOracleF32(t *testing.T, path string) []float32 {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make([]float32, len(raw)/4)
-	for i := range out {
-		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
-	}
-	return out
-}
-
 // TestToRGBMatchesPIL compares ToRGB of every decoded test image with PIL's
 // Image.open(...).convert("RGB"): equal bytes for PNG and GIF, within
 // jpegLevelBound for JPEG.
@@ -198,7 +185,7 @@ func TestPreprocessMatchesTorchvision(t *testing.T) {
 				if len(shape) != 3 || shape[0] != 3 || shape[1] != h || shape[2] != w {
 					t.Fatalf("shape 3x%dx%d, torchvision %v", h, w, shape)
 				}
-				want := readOracleF32(t, filepath.Join(dir, name+"."+cname+".f32"))
+				want := oracle.ReadFloat32s(t, filepath.Join(dir, name+"."+cname+".f32"))
 				if len(want) != len(got) {
 					t.Fatalf("%d values, torchvision %d", len(got), len(want))
 				}

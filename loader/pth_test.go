@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -88,7 +89,7 @@ func pthCheckTree(t *testing.T, got any, want map[string]any, where string) int 
 			return 0
 		}
 		shape := pthInts(w["shape"].([]any))
-		if h.Shape == nil || !pthEqualInts(h.Shape, shape) {
+		if h.Shape == nil || !slices.Equal(h.Shape, shape) {
 			t.Errorf("%s: shape %#v, want %v", where, h.Shape, shape)
 			return 0
 		}
@@ -170,18 +171,6 @@ func pthInts64(a []any) []int64 {
 	return out
 }
 
-func pthEqualInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // TestReadPthFixtures loads every fixture, in both formats, and compares
 // every value with what PyTorch says it holds; hostile files must be
 // refused naming the global, truncated ones must fail.
@@ -238,7 +227,7 @@ func TestReadPthViews(t *testing.T) {
 		}
 		d := v.(*Dict)
 		tr := d.Values["transposed"].(layers.HostTensor)
-		if !pthEqualInts(tr.Shape, []int{5, 3}) || tr.Data[1] == tr.Data[3] {
+		if !slices.Equal(tr.Shape, []int{5, 3}) || tr.Data[1] == tr.Data[3] {
 			t.Errorf("%s: transposed %v %v", name, tr.Shape, tr.Data)
 		}
 		sc := d.Values["scalar"].(layers.HostTensor)

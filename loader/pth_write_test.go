@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -109,7 +110,7 @@ func pthSame(t *testing.T, got, want any, where string) {
 		}
 	case layers.HostTensor:
 		g, ok := got.(layers.HostTensor)
-		if !ok || g.Int64 != w.Int64 || g.Shape == nil || !pthEqualInts(g.Shape, w.Shape) || len(g.Data) != len(w.Data) {
+		if !ok || g.Int64 != w.Int64 || g.Shape == nil || !slices.Equal(g.Shape, w.Shape) || len(g.Data) != len(w.Data) {
 			t.Errorf("%s: got %#v, want %v", where, got, w.Shape)
 			return
 		}

@@ -4,8 +4,10 @@ package oracle
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,4 +98,22 @@ func MarkDone(t testing.TB, dir string) {
 	if err := os.WriteFile(filepath.Join(dir, ".done"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ReadFloat32s reads a file of raw little-endian float32 values, the form
+// the oracle scripts write arrays in.
+func ReadFloat32s(t testing.TB, path string) []float32 {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw)%4 != 0 {
+		t.Fatalf("%s: %d bytes is not a whole number of float32 values", path, len(raw))
+	}
+	out := make([]float32, len(raw)/4)
+	for i := range out {
+		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+	}
+	return out
 }
