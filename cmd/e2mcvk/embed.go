@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/e2mcvk/e2mcvk/layers"
@@ -73,6 +75,9 @@ func (c *embedCmd) Run(e *env) error {
 	}
 	for _, n := range parts.Notes {
 		fmt.Fprintf(e.stderr, "note: %s\n", n)
+	}
+	if unused := slices.DeleteFunc(parts.HeadNames(), func(h string) bool { return c.Head == h }); len(unused) > 0 {
+		fmt.Fprintf(e.stderr, "note: not used by --head %s: %s\n", c.Head, strings.Join(unused, ", "))
 	}
 	var out []float32
 	var dim int

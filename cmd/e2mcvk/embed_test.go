@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -112,9 +113,14 @@ func TestConvertRoundTrip(t *testing.T) {
 	}
 	assertNpyClose(t, z, filepath.Join(fix, "backbone.npy"), 1e-4)
 	py := oracle.Python(t, "torch", "torchvision", "numpy", "PIL")
-	rel := strings.TrimSpace(string(oracle.RunFile(t, py, "testdata/torch_embed.py", "check", pth, filepath.Join(fix, "images"), filepath.Join(fix, "backbone.npy"))))
-	if rel != "0" && !strings.HasPrefix(rel, "1e-") && !strings.Contains(rel, "e-0") {
-		t.Errorf("PyTorch's features from the converted .pth differ from the original's by %s (relative)", rel)
+	printed := strings.TrimSpace(string(oracle.RunFile(t, py, "testdata/torch_embed.py", "check", pth, filepath.Join(fix, "images"), filepath.Join(fix, "backbone.npy"))))
+	rel, err := strconv.ParseFloat(printed, 64)
+	if err != nil {
+		t.Fatalf("oracle printed %q", printed)
+	}
+	// The same weights in the same library: equal up to rounding.
+	if rel > 1e-6 {
+		t.Errorf("PyTorch's features from the converted .pth differ from the original's by %.3g (relative)", rel)
 	}
 }
 
