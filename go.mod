@@ -12,3 +12,5 @@ require (
 	github.com/nlpodyssey/safetensors v0.0.0-20250209183917-bfb01cc25f7c
 	gonum.org/v1/gonum v0.17.0
 )
+
+require github.com/go-gl/mathgl v1.2.0 // indirect
