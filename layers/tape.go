@@ -37,7 +37,9 @@ func (v *Var) RequiresGrad() bool { return v.requiresGrad }
 // backward work.
 func (v *Var) SetRequiresGrad(on bool) { v.requiresGrad = on && v.leaf }
 
-// ZeroGrad releases the accumulated gradient of a leaf.
+// ZeroGrad releases the accumulated gradient of a leaf at once: call it
+// between runs, not while a recorded, unrun stream still reads the gradient
+// (an optimizer step).
 func (v *Var) ZeroGrad() {
 	if v.Grad != nil {
 		v.Grad.Release()
