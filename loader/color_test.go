@@ -2,8 +2,8 @@ package loader
 
 import (
 	"encoding/json"
-	"os"
 	"math"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -192,7 +192,11 @@ func checkOps(t *testing.T, ops map[string]func(m *RGBImage) (*RGBImage, error),
 				if err != nil {
 					t.Fatal(err)
 				}
-				if d, n := maxLevelDiff(t, got, want); d > bound {
+				d, n := maxLevelDiff(t, got, want)
+				if n > 0 {
+					t.Logf("max difference %d levels (%d of %d values differ)", d, n, len(want.Pix))
+				}
+				if d > bound {
 					t.Errorf("max difference %d levels (%d of %d values differ), want <= %d", d, n, len(want.Pix), bound)
 				}
 			})
