@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"context"
 	"fmt"
 	"image"
 	"os"
@@ -142,6 +143,47 @@ func TestOpenCIFAR10Errors(t *testing.T) {
 	for _, spec := range []string{"cifar10:", "cifar10::test", "cifar10:dir", "cifar:dir:test", fmt.Sprintf("cifar10:%s:test", t.TempDir())} {
 		if _, err := ParseCIFARSpec(spec); err == nil {
 			t.Errorf("ParseCIFARSpec(%q): no error", spec)
+		}
+	}
+}
+
+// TestCIFARLoadBatch loads a balanced selection of CIFAR-10 through
+// LoadBatch, as embedding it would, and checks each image's tensor.
+func TestCIFARLoadBatch(t *testing.T) {
+	c, err := OpenCIFAR10(writeCIFAR(t, []int{4, 4, 4, 4, 4, 1}), "train")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := BalancedSubset(c, 0.5, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(idx) != 10 { // 2 of each class, one chosen
+		t.Fatalf("chose %d of 20: %v", len(idx), idx)
+	}
+	sel := Select(c, idx)
+	all := make([]int, sel.Len())
+	for i := range all {
+		all[i] = i
+	}
+	got, h, w, err := LoadBatch(context.Background(), sel, all, Preprocess{}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h != 32 || w != 32 {
+		t.Fatalf("batch of %dx%d", h, w)
+	}
+	for k, i := range idx {
+		img, err := c.Image(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _, _, err := Preprocess{}.Apply(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got[k*3*32*32:(k+1)*3*32*32], want) {
+			t.Errorf("batch image %d is not CIFAR image %d", k, i)
 		}
 	}
 }
