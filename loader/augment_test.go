@@ -1,0 +1,332 @@
+package loader
+
+import (
+	"encoding/binary"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+// rrcCase must match RRC_CASES in testdata/torch_augment.py.
+type rrcCase struct {
+	width, height int
+	scale, ratio  [2]float64
+}
+
+var rrcCases = map[string]rrcCase{
+	"wide": {500, 375, [2]float64{0.08, 1}, [2]float64{3.0 / 4, 4.0 / 3}},
+	"tall": {60, 400, [2]float64{0.08, 1}, [2]float64{3.0 / 4, 4.0 / 3}},
+	"swav": {320, 240, [2]float64{0.05, 0.14}, [2]float64{3.0 / 4, 4.0 / 3}},
+}
+
+const rrcDraws = 20000
+
+// ksCritical is the two-sample Kolmogorov-Smirnov statistic's critical
+// value at significance 0.001 for two samples of rrcDraws:
+// 1.95 * sqrt(2 / n). A correct implementation fails once in a thousand
+// seeds; the seeds are fixed, so the test is deterministic.
+var ksCritical = 1.95 * math.Sqrt(2.0/rrcDraws)
+
+// ksStatistic returns the largest distance between the empirical
+// distribution functions of a and b.
+func ksStatistic(a, b []float64) float64 {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	var i, j int
+	d := 0.0
+	for i < len(a) && j < len(b) {
+		x := min(a[i], b[j])
+		for i < len(a) && a[i] == x {
+			i++
+		}
+		for j < len(b) && b[j] == x {
+			j++
+		}
+		d = max(d, math.Abs(float64(i)/float64(len(a))-float64(j)/float64(len(b))))
+	}
+	return d
+}
+
+// meanVar returns a sample's mean and variance.
+func meanVar(x []float64) (float64, float64) {
+	var s, s2 float64
+	for _, v := range x {
+		s += v
+	}
+	m := s / float64(len(x))
+	for _, v := range x {
+		s2 += (v - m) * (v - m)
+	}
+	return m, s2 / float64(len(x)-1)
+}
+
+// cropFeatures returns each crop's area fraction, log aspect ratio and
+// horizontal and vertical centre (as fractions of the image).
+func cropFeatures(boxes []CropBox, width, height int) [4][]float64 {
+	var f [4][]float64
+	for _, b := range boxes {
+		f[0] = append(f[0], float64(b.Width*b.Height)/float64(width*height))
+		f[1] = append(f[1], math.Log(float64(b.Width)/float64(b.Height)))
+		f[2] = append(f[2], (float64(b.Left)+float64(b.Width)/2)/float64(width))
+		f[3] = append(f[3], (float64(b.Top)+float64(b.Height)/2)/float64(height))
+	}
+	return f
+}
+
+// TestRandomResizedCropParamsMatchesTorchvision compares 20000 draws of
+// RandomResizedCropParams with 20000 of torchvision's get_params for each
+// case: the area fraction, log aspect ratio and centre distributions by a
+// two-sample KS test at significance 0.001, their means within 4 standard
+// errors, and the share of centre-crop fallbacks within 4 standard errors.
+func TestRandomResizedCropParamsMatchesTorchvision(t *testing.T) {
+	dir := torchAugment(t, "rrc")
+	for name, c := range rrcCases {
+		t.Run(name, func(t *testing.T) {
+			raw, err := os.ReadFile(filepath.Join(dir, "rrc."+name+".i32"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(raw) != 16*rrcDraws {
+				t.Fatalf("%d bytes, want %d", len(raw), 16*rrcDraws)
+			}
+			want := make([]CropBox, rrcDraws)
+			for k := range want {
+				v := func(n int) int { return int(int32(binary.LittleEndian.Uint32(raw[16*k+4*n:]))) }
+				want[k] = CropBox{Top: v(0), Left: v(1), Height: v(2), Width: v(3)}
+			}
+			rng := rand.New(rand.NewPCG(1, uint64(len(name))))
+			got := make([]CropBox, rrcDraws)
+			for k := range got {
+				b, err := RandomResizedCropParams(rng, c.width, c.height, c.scale, c.ratio)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b.Top < 0 || b.Left < 0 || b.Width <= 0 || b.Height <= 0 || b.Top+b.Height > c.height || b.Left+b.Width > c.width {
+					t.Fatalf("crop %+v outside the %dx%d image", b, c.width, c.height)
+				}
+				got[k] = b
+			}
+			gf, wf := cropFeatures(got, c.width, c.height), cropFeatures(want, c.width, c.height)
+			for k, feature := range []string{"area fraction", "log aspect", "centre x", "centre y"} {
+				if d := ksStatistic(gf[k], wf[k]); d > ksCritical {
+					t.Errorf("%s: KS statistic %.4f > %.4f", feature, d, ksCritical)
+				}
+				gm, gv := meanVar(gf[k])
+				wm, wv := meanVar(wf[k])
+				if se := math.Sqrt((gv + wv) / rrcDraws); math.Abs(gm-wm) > 4*se {
+					t.Errorf("%s: mean %.5f, torchvision %.5f (4 standard errors: %.5f)", feature, gm, wm, 4*se)
+				}
+			}
+			fallback, err := RandomResizedCropParams(rand.New(rand.NewPCG(0, 0)), c.width, c.height, [2]float64{9, 10}, c.ratio)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gp := float64(countBox(got, fallback)) / rrcDraws
+			wp := float64(countBox(want, fallback)) / rrcDraws
+			p := (gp + wp) / 2
+			if se := math.Sqrt(2 * p * (1 - p) / rrcDraws); math.Abs(gp-wp) > 4*se {
+				t.Errorf("fallback share %.4f, torchvision %.4f (4 standard errors: %.4f)", gp, wp, 4*se)
+			}
+			if name == "tall" && wp < 0.01 {
+				t.Errorf("the tall case should exercise the fallback; torchvision's share is %.4f", wp)
+			}
+		})
+	}
+}
+
+func countBox(boxes []CropBox, b CropBox) int {
+	n := 0
+	for _, x := range boxes {
+		if x == b {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRandomResizedCropFallback checks the central crop after ten misses,
+// computed by hand from torchvision's code.
+func TestRandomResizedCropFallback(t *testing.T) {
+	ratio := [2]float64{3.0 / 4, 4.0 / 3}
+	for _, tc := range []struct {
+		w, h  int
+		scale [2]float64
+		want  CropBox
+	}{
+		// Too narrow: full width, height round(10 / 0.75) = 13.
+		{10, 100, [2]float64{0.9, 1}, CropBox{Top: 43, Left: 0, Height: 13, Width: 10}},
+		// Too wide: full height, width round(10 * 4/3) = 13.
+		{100, 10, [2]float64{0.9, 1}, CropBox{Top: 0, Left: 43, Height: 10, Width: 13}},
+		// Aspect in range, areas too large to fit: the whole image.
+		{40, 37, [2]float64{1.5, 2}, CropBox{Top: 0, Left: 0, Height: 37, Width: 40}},
+	} {
+		rng := rand.New(rand.NewPCG(3, 4))
+		for range 50 {
+			got, err := RandomResizedCropParams(rng, tc.w, tc.h, tc.scale, ratio)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("%dx%d scale %v: %+v, want %+v", tc.w, tc.h, tc.scale, got, tc.want)
+			}
+		}
+	}
+	if _, err := RandomResizedCropParams(rand.New(rand.NewPCG(0, 0)), 0, 5, [2]float64{0.08, 1}, ratio); err == nil {
+		t.Error("empty image: no error")
+	}
+	if _, err := RandomResizedCropParams(rand.New(rand.NewPCG(0, 0)), 5, 5, [2]float64{1, 0.08}, ratio); err == nil {
+		t.Error("reversed scale: no error")
+	}
+}
+
+// withinSigmas reports whether k successes in n trials is within 4
+// standard deviations of probability p.
+func withinSigmas(k, n int, p float64) bool {
+	return math.Abs(float64(k)-float64(n)*p) <= 4*math.Sqrt(float64(n)*p*(1-p))
+}
+
+// TestChance checks the event frequencies of the pipelines' probabilities
+// over 20000 draws, within 4 standard deviations.
+func TestChance(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, p := range []float64{0.5, 0.8, 0.2, 0.1} {
+		k := 0
+		for range rrcDraws {
+			if Chance(rng, p) {
+				k++
+			}
+		}
+		if !withinSigmas(k, rrcDraws, p) {
+			t.Errorf("p=%v: %d of %d", p, k, rrcDraws)
+		}
+	}
+	for _, p := range []float64{0, 1} {
+		for range 1000 {
+			if Chance(rng, p) != (p == 1) {
+				t.Fatalf("p=%v gave the other outcome", p)
+			}
+		}
+	}
+}
+
+// TestColorJitterSample checks ColorJitter's draws over 20000 samples: each
+// of the 24 orders within 4 standard deviations of 1/24, each factor inside
+// its range with the range's mean within 4 standard errors, and disabled
+// adjustments left out.
+func TestColorJitterSample(t *testing.T) {
+	cj := ColorJitter{Brightness: 0.4, Contrast: 0.4, Saturation: 0.2, Hue: 0.1}
+	lo := [4]float64{0.6, 0.6, 0.8, -0.1}
+	hi := [4]float64{1.4, 1.4, 1.2, 0.1}
+	rng := rand.New(rand.NewPCG(7, 8))
+	orders := map[[4]int]int{}
+	var sums [4]float64
+	for range rrcDraws {
+		p, err := cj.Sample(rng)
+		if err != nil {
+			t.Fatal(err)
+		}
+		orders[p.Order]++
+		for k := range 4 {
+			if !p.Enabled[k] || p.Factors[k] < lo[k] || p.Factors[k] > hi[k] {
+				t.Fatalf("adjustment %d: enabled %v, factor %v outside [%v, %v]", k, p.Enabled[k], p.Factors[k], lo[k], hi[k])
+			}
+			sums[k] += p.Factors[k]
+		}
+	}
+	if len(orders) != 24 {
+		t.Errorf("%d distinct orders, want 24", len(orders))
+	}
+	for o, k := range orders {
+		if !withinSigmas(k, rrcDraws, 1.0/24) {
+			t.Errorf("order %v: %d of %d", o, k, rrcDraws)
+		}
+	}
+	for k := range 4 {
+		mean := sums[k] / rrcDraws
+		se := (hi[k] - lo[k]) / math.Sqrt(12*rrcDraws)
+		if math.Abs(mean-(lo[k]+hi[k])/2) > 4*se {
+			t.Errorf("adjustment %d: mean factor %.5f, want %.5f within %.5f", k, mean, (lo[k]+hi[k])/2, 4*se)
+		}
+	}
+	p, err := ColorJitter{Brightness: 0.4}.Sample(rng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Enabled != [4]bool{true, false, false, false} {
+		t.Errorf("brightness only: enabled %v", p.Enabled)
+	}
+	if _, err := (ColorJitter{Hue: 0.6}).Sample(rng); err == nil {
+		t.Error("hue 0.6: no error")
+	}
+}
+
+// TestJitterParamsApply checks that Apply composes the single adjustments
+// in the drawn order (the adjustments do not commute, so the order shows).
+func TestJitterParamsApply(t *testing.T) {
+	c := augmentCases(t)[0]
+	p := JitterParams{Order: [4]int{3, 1, 0, 2}, Factors: [4]float64{1.3, 0.7, 1.2, 0.08}, Enabled: [4]bool{true, true, true, true}}
+	got, err := p.Apply(c.in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := c.in.AdjustHue(0.08)
+	want, _ = want.AdjustContrast(0.7)
+	want, _ = want.AdjustBrightness(1.3)
+	want, _ = want.AdjustSaturation(1.2)
+	if d, n := maxLevelDiff(t, got, want); d != 0 {
+		t.Errorf("differs from the composition by %d levels in %d values", d, n)
+	}
+	other := p
+	other.Order = [4]int{0, 1, 2, 3}
+	got2, err := other.Apply(c.in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := maxLevelDiff(t, got, got2); d == 0 {
+		t.Error("the order made no difference; the test image cannot show it")
+	}
+	none, err := JitterParams{Order: [4]int{0, 1, 2, 3}}.Apply(c.in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := maxLevelDiff(t, none, c.in); d != 0 {
+		t.Error("no adjustment enabled changed the image")
+	}
+}
+
+// TestBlurSigma checks the blur radius draws: inside [0.1, 2.0), mean
+// within 4 standard errors of 1.05.
+func TestBlurSigma(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	sum := 0.0
+	for range rrcDraws {
+		s := BlurSigma(rng)
+		if s < 0.1 || s >= 2.0 {
+			t.Fatalf("sigma %v outside [0.1, 2.0)", s)
+		}
+		sum += s
+	}
+	if mean, se := sum/rrcDraws, 1.9/math.Sqrt(12*rrcDraws); math.Abs(mean-1.05) > 4*se {
+		t.Errorf("mean sigma %.5f, want 1.05 within %.5f", mean, 4*se)
+	}
+}
+
+// TestHFlip checks the mirror on an asymmetric image and that flipping
+// twice restores it (the oracle comparison is in TestColorOpsMatchPIL).
+func TestHFlip(t *testing.T) {
+	m := &RGBImage{Width: 3, Height: 2, Pix: []uint8{
+		1, 2, 3, 4, 5, 6, 7, 8, 9,
+		10, 11, 12, 13, 14, 15, 16, 17, 18,
+	}}
+	want := []uint8{7, 8, 9, 4, 5, 6, 1, 2, 3, 16, 17, 18, 13, 14, 15, 10, 11, 12}
+	if got := m.HFlip(); !slices.Equal(got.Pix, want) {
+		t.Errorf("got %v, want %v", got.Pix, want)
+	}
+	if got := m.HFlip().HFlip(); !slices.Equal(got.Pix, m.Pix) {
+		t.Error("flipping twice changed the image")
+	}
+}
