@@ -208,10 +208,20 @@ func (f *ImageFolder) Image(i int) (image.Image, error) { return DecodeImage(f.S
 
 // ParseDataSpec opens the data set a command line names:
 // "fashion-mnist:train" or "fashion-mnist:test" for Debian's Fashion-MNIST,
+// "cifar10:DIR:train" or "cifar10:DIR:test" for CIFAR-10's binary batches,
+// "DIR@LIST.txt" for the files of a SimCLR subset list in an ImageFolder,
 // anything else a directory laid out as an ImageFolder.
 func ParseDataSpec(spec string) (Dataset, error) {
 	if split, ok := strings.CutPrefix(spec, "fashion-mnist:"); ok {
 		return OpenFashionMNIST(split)
+	}
+	if strings.HasPrefix(spec, "cifar10:") {
+		return ParseCIFARSpec(spec)
+	}
+	// A folder name may hold "@": only a list file after the last one
+	// makes a subset.
+	if at := strings.LastIndex(spec, "@"); at > 0 && strings.HasSuffix(spec[at:], ".txt") {
+		return ParseSubsetSpec(spec)
 	}
 	if spec == "" {
 		return nil, errors.New("no data set given: a directory of class folders, fashion-mnist:train or fashion-mnist:test")
@@ -253,8 +263,9 @@ func LoadBatch(ctx context.Context, ds Dataset, idx []int, p Preprocess, workers
 	load := func(i int) (image.Image, error) {
 		img, err := ds.Image(i)
 		if err != nil {
-			// DecodeImage names the path; other data sets may not.
-			if _, isFile := ds.(*ImageFolder); isFile {
+			// Errors of images read from files (DecodeImage) name the
+			// path already; others get the image's name.
+			if strings.Contains(err.Error(), ds.Name(i)) {
 				return nil, err
 			}
 			return nil, fmt.Errorf("%s: %w", ds.Name(i), err)

@@ -1,12 +1,14 @@
 package loader
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
 	"image/color"
+	"image/png"
 	"math"
 	"os"
 	"path/filepath"
@@ -322,5 +324,27 @@ func TestLoadBatchErrors(t *testing.T) {
 	got, h, w, err := LoadBatch(context.Background(), ds, []int{0, 1, 2, 4}, Preprocess{}, 2)
 	if err != nil || h != 8 || w != 10 || len(got) != 4*3*8*10 {
 		t.Fatalf("equal sizes: %d values of 3x%dx%d, %v", len(got), h, w, err)
+	}
+}
+
+// TestParseDataSpecRoutes checks that each spec form reaches its reader
+// (seen through the reader's own error for a missing path).
+func TestParseDataSpecRoutes(t *testing.T) {
+	dir := t.TempDir()
+	// One class with one image, so that the subset form gets past the folder.
+	os.MkdirAll(filepath.Join(dir, "n01"), 0o755)
+	var buf bytes.Buffer
+	png.Encode(&buf, image.NewGray(image.Rect(0, 0, 2, 2)))
+	os.WriteFile(filepath.Join(dir, "n01", "n01_1.png"), buf.Bytes(), 0o644)
+	for spec, want := range map[string]string{
+		"cifar10:" + dir + "/none:train":     "batches.meta.txt",
+		dir + "@" + dir + "/1percent.txt":    "1percent.txt",
+		"fashion-mnist:validation":           "validation",
+		filepath.Join(dir, "no-such-folder"): "no-such-folder",
+	} {
+		_, err := ParseDataSpec(spec)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseDataSpec(%q): %v, want an error naming %q", spec, err, want)
+		}
 	}
 }
