@@ -17,7 +17,7 @@ import (
 type embedCmd struct {
 	Checkpoint string `name:"checkpoint" required:"" type:"existingfile" placeholder:"C" help:"Model: a .pth (VICReg, SwAV, SimSiam, torchvision) or an e2mcvk .safetensors checkpoint."`
 	Layout     string `name:"layout" default:"" placeholder:"L" help:"Checkpoint layout, detected when empty: vicreg, vicreg-backbone, swav, simsiam, torchvision, e2mcvk."`
-	Data       string `name:"data" required:"" placeholder:"DIR" help:"Images: an ImageFolder directory (DIR/<class>/<image>), or fashion-mnist:train or fashion-mnist:test."`
+	Data       string `name:"data" required:"" placeholder:"DIR" help:"Images: an ImageFolder directory (DIR/<class>/<image>), DIR@LIST.txt (the files of a SimCLR subset list), cifar10:DIR:train|test (CIFAR-10 binary batches), or fashion-mnist:train|test."`
 	Out        string `name:"out" required:"" placeholder:"Z.npy" help:"Where to write the N x D float32 embeddings, one row per image in data-set order."`
 	LabelsOut  string `name:"labels-out" placeholder:"L.npy" help:"Also write the N class indices (float32 .npy)."`
 	Arch       string `name:"arch" enum:",resnet18,resnet34,resnet50" default:"" help:"Backbone architecture; taken from the checkpoint when empty, an error when it disagrees."`
