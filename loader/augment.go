@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+
+	"github.com/go-gl/mathgl/mgl64"
 )
 
 // The random transforms below sample their parameters with torchvision
@@ -161,4 +163,82 @@ func (p JitterParams) Apply(m *RGBImage) (*RGBImage, error) {
 // GaussianBlur: uniform in [0.1, 2.0).
 func BlurSigma(rng *rand.Rand) float64 {
 	return 0.1 + 1.9*rng.Float64()
+}
+
+// ResizedCrop returns box of m resized to w x h and, when flip is set,
+// mirrored: torchvision's resized_crop then hflip on a PIL image (crop, then
+// PIL's antialiased bilinear resize), byte for byte. It is the reference for
+// ResizedCropAffine.
+func (m *RGBImage) ResizedCrop(box CropBox, w, h int, flip bool) (*RGBImage, error) {
+	c, err := m.Crop(box.Left, box.Top, box.Width, box.Height)
+	if err != nil {
+		return nil, fmt.Errorf("resized crop: %w", err)
+	}
+	out, err := c.Resize(w, h)
+	if err != nil {
+		return nil, fmt.Errorf("resized crop: %w", err)
+	}
+	if flip {
+		out = out.HFlip()
+	}
+	return out, nil
+}
+
+// cropAffine returns the map from an output pixel's centre (x+0.5, y+0.5)
+// to the input position it samples, in coordinates where input pixel (i, j)
+// has its centre at (i, j): translate to the centre, mirror, scale the
+// output onto the box, shift to the box's corner.
+func cropAffine(box CropBox, w, h int, flip bool) mgl64.Mat3 {
+	sx := float64(box.Width) / float64(w)
+	sy := float64(box.Height) / float64(h)
+	m := mgl64.Translate2D(float64(box.Left)-0.5, float64(box.Top)-0.5).
+		Mul3(mgl64.Scale2D(sx, sy))
+	if flip {
+		// x -> w - x on output coordinates.
+		m = m.Mul3(mgl64.Translate2D(float64(w), 0)).Mul3(mgl64.Scale2D(-1, 1))
+	}
+	return m
+}
+
+// ResizedCropAffine is a fast ResizedCrop: one pass that maps each output
+// pixel through an affine transform (crop, scale and mirror composed with
+// mathgl) and samples the input bilinearly, edges clamped. It equals PIL's
+// bilinear resize where that upscales, up to rounding, but does not
+// antialias when shrinking (PIL widens its filter by the scale), so
+// downscaled crops of detailed images are sharper and alias; the test
+// measures the difference on the test photos.
+func (m *RGBImage) ResizedCropAffine(box CropBox, w, h int, flip bool) (*RGBImage, error) {
+	if box.Width <= 0 || box.Height <= 0 || box.Left < 0 || box.Top < 0 || box.Left+box.Width > m.Width || box.Top+box.Height > m.Height {
+		return nil, fmt.Errorf("resized crop: box %+v lies outside the %dx%d image", box, m.Width, m.Height)
+	}
+	if w <= 0 || h <= 0 || int64(w)*int64(h) > MaxImagePixels {
+		return nil, fmt.Errorf("resized crop to %dx%d: sizes must be positive and at most %d pixels", w, h, MaxImagePixels)
+	}
+	a := cropAffine(box, w, h, flip)
+	out := newRGBImage(w, h)
+	// The box bounds clamping: samples outside it repeat its edge, as
+	// PIL's resize of the cropped image does.
+	x0, y0 := float64(box.Left), float64(box.Top)
+	x1, y1 := float64(box.Left+box.Width-1), float64(box.Top+box.Height-1)
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			p := a.Mul3x1(mgl64.Vec3{float64(x) + 0.5, float64(y) + 0.5, 1})
+			fx := min(max(p[0], x0), x1)
+			fy := min(max(p[1], y0), y1)
+			ix, iy := int(fx), int(fy)
+			ix1, iy1 := min(ix+1, box.Left+box.Width-1), min(iy+1, box.Top+box.Height-1)
+			tx, ty := fx-float64(ix), fy-float64(iy)
+			r00 := m.Pix[3*(m.Width*iy+ix):]
+			r01 := m.Pix[3*(m.Width*iy+ix1):]
+			r10 := m.Pix[3*(m.Width*iy1+ix):]
+			r11 := m.Pix[3*(m.Width*iy1+ix1):]
+			o := out.Pix[3*(w*y+x):]
+			for c := 0; c < 3; c++ {
+				top := float64(r00[c]) + tx*(float64(r01[c])-float64(r00[c]))
+				bot := float64(r10[c]) + tx*(float64(r11[c])-float64(r10[c]))
+				o[c] = clampU8(int(top + ty*(bot-top) + 0.5))
+			}
+		}
+	}
+	return out, nil
 }

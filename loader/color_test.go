@@ -57,6 +57,8 @@ type augmentCase struct {
 	in   *RGBImage
 	dir  string
 	ops  map[string]bool
+	// manifest is the oracle's {file: [h, w, 3]}.
+	manifest map[string][]int
 }
 
 // augmentCases reads the "ops" oracle output.
@@ -74,7 +76,7 @@ func augmentCases(t *testing.T) []augmentCase {
 	names := append([]string{"generated"}, testImageNames(t)...)
 	var cases []augmentCase
 	for _, name := range names {
-		c := augmentCase{name: name, in: readOracleRGB(t, dir, name+".rgb", manifest), dir: dir, ops: map[string]bool{}}
+		c := augmentCase{name: name, in: readOracleRGB(t, dir, name+".rgb", manifest), dir: dir, ops: map[string]bool{}, manifest: manifest}
 		for f := range manifest {
 			if op, ok := strings.CutPrefix(f, name+"."); ok && op != "rgb" {
 				c.ops[strings.TrimSuffix(op, ".rgb")] = true
@@ -112,9 +114,7 @@ func (c augmentCase) want(t *testing.T, op string) (*RGBImage, bool) {
 	if !c.ops[op] {
 		return nil, false
 	}
-	return readOracleRGB(t, c.dir, c.name+"."+op+".rgb", map[string][]int{
-		c.name + "." + op + ".rgb": {c.in.Height, c.in.Width, 3},
-	}), true
+	return readOracleRGB(t, c.dir, c.name+"."+op+".rgb", c.manifest), true
 }
 
 // maxLevelDiff returns the largest difference between two images' bytes,

@@ -9,7 +9,7 @@ tests run it through internal/oracle's cache.
                   result on the PIL image as OUT/<image>.<op>.rgb; shapes in
                   OUT/manifest.json {file: [h, w, 3]}. Ops torchvision
                   refuses for an image (a blur kernel wider than it) are
-                  left out.
+                  left out. Also F.resized_crop for RESIZED_CROPS.
   rrc OUT         RandomResizedCrop.get_params over 20000 draws (seed 0) for
                   each case of RRC_CASES: (i, j, h, w) as little-endian int32
                   rows in OUT/rrc.<case>.i32
@@ -48,6 +48,15 @@ OPS = {
     "pilblur1.0": ("pil_blur", 1.0),
     "pilblur1.7": ("pil_blur", 1.7),
     "pilblur2.0": ("pil_blur", 2.0),
+}
+
+# name -> output (width, height) of F.resized_crop (bilinear) of the box
+# top=h//5, left=w//6, height=h//2, width=w//2: an upscale, a slight and a
+# strong downscale. Must match augment_test.go.
+RESIZED_CROPS = {
+    "rc40x32": (40, 32),
+    "rc16x16": (16, 16),
+    "rc8x6": (8, 6),
 }
 
 # name -> (width, height, scale, ratio)
@@ -93,6 +102,10 @@ def ops(out, src):
                 res = img.filter(ImageFilter.GaussianBlur(arg))
             else:
                 res = getattr(F, fn)(img, arg)
+            save(f"{name}.{op}.rgb", res)
+        w, h = img.size
+        for op, (ow, oh) in RESIZED_CROPS.items():
+            res = F.resized_crop(img, h // 5, w // 6, h // 2, w // 2, [oh, ow])
             save(f"{name}.{op}.rgb", res)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f)
