@@ -242,3 +242,113 @@ func (m *RGBImage) ResizedCropAffine(box CropBox, w, h int, flip bool) (*RGBImag
 	}
 	return out, nil
 }
+
+// ResizeBicubic resamples m to w x h as PIL's Image.resize(size, BICUBIC)
+// does for 8-bit images (VICReg's RandomResizedCrop interpolation): the
+// Keys cubic with a = -0.5 and support 2, widened by the scale when
+// shrinking, PIL's 22-bit fixed point with its rounding of negative
+// weights, horizontal pass first, the intermediate rounded and clipped to
+// 8 bits.
+func (m *RGBImage) ResizeBicubic(w, h int) (*RGBImage, error) {
+	if w <= 0 || h <= 0 || int64(w)*int64(h) > MaxImagePixels {
+		return nil, fmt.Errorf("resize to %dx%d: sizes must be positive and at most %d pixels", w, h, MaxImagePixels)
+	}
+	if m.Width <= 0 || m.Height <= 0 {
+		return nil, fmt.Errorf("resize an empty %dx%d image", m.Width, m.Height)
+	}
+	out := &RGBImage{Width: m.Width, Height: m.Height, Pix: append([]uint8(nil), m.Pix...)}
+	// PIL skips a pass whose size does not change.
+	if w != m.Width {
+		c := pilCubicCoeffs(m.Width, w)
+		next := newRGBImage(w, out.Height)
+		for y := 0; y < out.Height; y++ {
+			resampleLine(next.Pix[3*w*y:3*w*(y+1)], out.Pix[3*out.Width*y:3*out.Width*(y+1)], 3, c)
+		}
+		out = next
+	}
+	if h != m.Height {
+		c := pilCubicCoeffs(m.Height, h)
+		next := newRGBImage(w, h)
+		for y := 0; y < h; y++ {
+			lo, n := c.bounds[2*y], c.bounds[2*y+1]
+			k := c.k[y*c.ksize:]
+			o := next.Pix[3*w*y : 3*w*(y+1)]
+			for x := range o {
+				s := int32(1 << (pilPrecision - 1))
+				for i := 0; i < n; i++ {
+					s += int32(out.Pix[3*w*(lo+i)+x]) * k[i]
+				}
+				o[x] = pilClip8(s)
+			}
+		}
+		out = next
+	}
+	return out, nil
+}
+
+// resampleLine resamples one line of pixels of the given stride (bytes a
+// pixel) with PIL's fixed-point coefficients.
+func resampleLine(out, in []uint8, stride int, c resampleCoeffs) {
+	for x := 0; x < len(out)/stride; x++ {
+		lo, n := c.bounds[2*x], c.bounds[2*x+1]
+		k := c.k[x*c.ksize:]
+		for ch := 0; ch < stride; ch++ {
+			s := int32(1 << (pilPrecision - 1))
+			for i := 0; i < n; i++ {
+				s += int32(in[stride*(lo+i)+ch]) * k[i]
+			}
+			out[stride*x+ch] = pilClip8(s)
+		}
+	}
+}
+
+// pilCubic is PIL's bicubic_filter (Resample.c), a = -0.5.
+func pilCubic(x float64) float64 {
+	const a = -0.5
+	if x < 0 {
+		x = -x
+	}
+	if x < 1 {
+		return ((a+2)*x-(a+3))*x*x + 1
+	}
+	if x < 2 {
+		return (((x-5)*x+8)*x - 4) * a
+	}
+	return 0
+}
+
+// pilCubicCoeffs is PIL's precompute_coeffs and normalize_coeffs_8bpc for
+// the bicubic filter over the whole input, in PIL's float order (see
+// pilCoeffs for the bilinear one).
+func pilCubicCoeffs(inSize, outSize int) resampleCoeffs {
+	scale := float64(inSize) / float64(outSize)
+	filterscale := max(scale, 1.0)
+	support := 2.0 * filterscale
+	ksize := int(math.Ceil(support))*2 + 1
+	c := resampleCoeffs{bounds: make([]int, 2*outSize), k: make([]int32, outSize*ksize), ksize: ksize}
+	w := make([]float64, ksize)
+	for xx := 0; xx < outSize; xx++ {
+		center := float64((float64(xx) + 0.5) * scale)
+		ss := 1.0 / filterscale
+		xmin := max(int(center-support+0.5), 0)
+		xmax := min(int(center+support+0.5), inSize) - xmin
+		ww := 0.0
+		for x := 0; x < xmax; x++ {
+			f := pilCubic(float64((float64(x+xmin) - center + 0.5) * ss))
+			w[x] = f
+			ww += f
+		}
+		for x := 0; x < xmax; x++ {
+			if ww != 0.0 {
+				w[x] /= ww
+			}
+			if w[x] < 0 {
+				c.k[xx*ksize+x] = int32(-0.5 + float64(w[x]*(1<<pilPrecision)))
+			} else {
+				c.k[xx*ksize+x] = int32(0.5 + float64(w[x]*(1<<pilPrecision)))
+			}
+		}
+		c.bounds[2*xx], c.bounds[2*xx+1] = xmin, xmax
+	}
+	return c
+}

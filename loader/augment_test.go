@@ -419,3 +419,31 @@ func TestResizedCropAffine(t *testing.T) {
 		t.Error("box outside the image: no error")
 	}
 }
+
+// TestResizeBicubicMatchesTorchvision checks crop + ResizeBicubic against
+// torchvision's resized_crop with InterpolationMode.BICUBIC (PIL's
+// bicubic) byte for byte, upscaling and downscaling.
+func TestResizeBicubicMatchesTorchvision(t *testing.T) {
+	for _, c := range augmentCases(t) {
+		for op, size := range resizedCrops {
+			t.Run(c.name+"/"+op, func(t *testing.T) {
+				want, ok := c.want(t, op+"bicubic")
+				if !ok {
+					t.Fatal("no oracle output")
+				}
+				b := oracleBox(c.in.Width, c.in.Height)
+				crop, err := c.in.Crop(b.Left, b.Top, b.Width, b.Height)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := crop.ResizeBicubic(size[0], size[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if d, n := maxLevelDiff(t, got, want); d != 0 {
+					t.Errorf("max difference %d levels (%d values)", d, n)
+				}
+			})
+		}
+	}
+}

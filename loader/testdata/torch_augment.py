@@ -9,7 +9,8 @@ tests run it through internal/oracle's cache.
                   result on the PIL image as OUT/<image>.<op>.rgb; shapes in
                   OUT/manifest.json {file: [h, w, 3]}. Ops torchvision
                   refuses for an image (a blur kernel wider than it) are
-                  left out. Also F.resized_crop for RESIZED_CROPS.
+                  left out. Also F.resized_crop for RESIZED_CROPS,
+                  bilinear (<op>) and bicubic (<op>bicubic).
   rrc OUT         RandomResizedCrop.get_params over 20000 draws (seed 0) for
                   each case of RRC_CASES: (i, j, h, w) as little-endian int32
                   rows in OUT/rrc.<case>.i32
@@ -70,6 +71,7 @@ RRC_CASES = {
 def ops(out, src):
     import torch
     from PIL import Image, ImageFilter
+    from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -107,6 +109,8 @@ def ops(out, src):
         for op, (ow, oh) in RESIZED_CROPS.items():
             res = F.resized_crop(img, h // 5, w // 6, h // 2, w // 2, [oh, ow])
             save(f"{name}.{op}.rgb", res)
+            res = F.resized_crop(img, h // 5, w // 6, h // 2, w // 2, [oh, ow], interpolation=InterpolationMode.BICUBIC)
+            save(f"{name}.{op}bicubic.rgb", res)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f)
 
