@@ -352,3 +352,107 @@ func pilCubicCoeffs(inSize, outSize int) resampleCoeffs {
 	}
 	return c
 }
+
+// ViewAugment is one view's training transform, in the order of VICReg's
+// TrainTransform (augmentations.py): RandomResizedCrop(Size, Scale, ratio
+// 3/4 to 4/3), RandomHorizontalFlip(FlipP), RandomApply(ColorJitter,
+// JitterP), RandomGrayscale(GrayP), VICReg's GaussianBlur(BlurP) (PIL's
+// blur, sigma uniform in [0.1, 2.0)) and Solarization(SolarizeP) (threshold
+// 128). ToTensor and Normalize follow as RGBImage.Normalize.
+type ViewAugment struct {
+	Size      int
+	Scale     [2]float64
+	Bicubic   bool // the crop's interpolation: PIL bicubic, else bilinear
+	FlipP     float64
+	Jitter    ColorJitter
+	JitterP   float64
+	GrayP     float64
+	BlurP     float64
+	SolarizeP float64
+}
+
+// VICRegViews returns VICReg's two view transforms, transform and
+// transform_prime: the same but for the blur (probability 1.0 and 0.1) and
+// the solarization (0.0 and 0.2).
+func VICRegViews() [2]ViewAugment {
+	v := ViewAugment{
+		Size:    224,
+		Scale:   [2]float64{0.08, 1},
+		Bicubic: true,
+		FlipP:   0.5,
+		Jitter:  ColorJitter{Brightness: 0.4, Contrast: 0.4, Saturation: 0.2, Hue: 0.1},
+		JitterP: 0.8,
+		GrayP:   0.2,
+		BlurP:   1.0,
+	}
+	prime := v
+	prime.BlurP, prime.SolarizeP = 0.1, 0.2
+	return [2]ViewAugment{v, prime}
+}
+
+// Apply runs the transform on m with the draws taken from rng in
+// torchvision's order (each random transform draws its event, then its
+// parameters).
+func (a ViewAugment) Apply(m *RGBImage, rng *rand.Rand) (*RGBImage, error) {
+	if a.Size <= 0 {
+		return nil, fmt.Errorf("view augment: output size %d must be positive", a.Size)
+	}
+	box, err := RandomResizedCropParams(rng, m.Width, m.Height, a.Scale, [2]float64{3.0 / 4, 4.0 / 3})
+	if err != nil {
+		return nil, fmt.Errorf("view augment: %w", err)
+	}
+	out, err := m.Crop(box.Left, box.Top, box.Width, box.Height)
+	if err != nil {
+		return nil, fmt.Errorf("view augment: %w", err)
+	}
+	if a.Bicubic {
+		out, err = out.ResizeBicubic(a.Size, a.Size)
+	} else {
+		out, err = out.Resize(a.Size, a.Size)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("view augment: %w", err)
+	}
+	if Chance(rng, a.FlipP) {
+		out = out.HFlip()
+	}
+	if Chance(rng, a.JitterP) {
+		p, err := a.Jitter.Sample(rng)
+		if err != nil {
+			return nil, fmt.Errorf("view augment: %w", err)
+		}
+		if out, err = p.Apply(out); err != nil {
+			return nil, fmt.Errorf("view augment: %w", err)
+		}
+	}
+	if Chance(rng, a.GrayP) {
+		out = out.Grayscale()
+	}
+	if Chance(rng, a.BlurP) {
+		if out, err = out.PILGaussianBlur(BlurSigma(rng)); err != nil {
+			return nil, fmt.Errorf("view augment: %w", err)
+		}
+	}
+	if Chance(rng, a.SolarizeP) {
+		out = out.Solarize(128)
+	}
+	return out, nil
+}
+
+// ViewRNG returns the generator of one view of one sample in one epoch: a
+// PCG stream keyed by all four numbers, so an augmented view is the same
+// whatever the order, batching or worker that computes it.
+func ViewRNG(seed uint64, epoch, sample, view int) *rand.Rand {
+	s1 := splitMix64(seed ^ splitMix64(uint64(epoch)))
+	s2 := splitMix64(splitMix64(uint64(sample)) ^ uint64(view))
+	return rand.New(rand.NewPCG(s1, s2))
+}
+
+// splitMix64 is SplitMix64's output function: a bijective mix that spreads
+// nearby keys over the whole 64-bit range.
+func splitMix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
+}

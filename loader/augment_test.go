@@ -447,3 +447,104 @@ func TestResizeBicubicMatchesTorchvision(t *testing.T) {
 		}
 	}
 }
+
+// TestViewAugmentOrder replays Apply's draws by hand, with every random
+// transform switched on, and checks the result equals the transforms
+// composed in VICReg's order.
+func TestViewAugmentOrder(t *testing.T) {
+	c := augmentCases(t)[0]
+	a := VICRegViews()[1]
+	a.Size = 48
+	a.FlipP, a.JitterP, a.GrayP, a.BlurP, a.SolarizeP = 1, 1, 1, 1, 1
+	got, err := a.Apply(c.in, ViewRNG(11, 2, 3, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := ViewRNG(11, 2, 3, 1)
+	box, err := RandomResizedCropParams(rng, c.in.Width, c.in.Height, a.Scale, [2]float64{3.0 / 4, 4.0 / 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crop, _ := c.in.Crop(box.Left, box.Top, box.Width, box.Height)
+	want, _ := crop.ResizeBicubic(48, 48)
+	Chance(rng, 1)
+	want = want.HFlip()
+	Chance(rng, 1)
+	p, _ := a.Jitter.Sample(rng)
+	want, _ = p.Apply(want)
+	Chance(rng, 1)
+	want = want.Grayscale()
+	Chance(rng, 1)
+	want, _ = want.PILGaussianBlur(BlurSigma(rng))
+	Chance(rng, 1)
+	want = want.Solarize(128)
+	if d, n := maxLevelDiff(t, got, want); d != 0 {
+		t.Errorf("differs from the hand composition by %d levels in %d values", d, n)
+	}
+}
+
+// TestViewAugmentDeterministic checks that a view depends only on (seed,
+// epoch, sample, view): the same key gives the same bytes, another view,
+// sample, epoch or seed other bytes.
+func TestViewAugmentDeterministic(t *testing.T) {
+	c := augmentCases(t)[0]
+	views := VICRegViews()
+	run := func(seed uint64, epoch, sample, view int) *RGBImage {
+		a := views[view]
+		a.Size = 32
+		m, err := a.Apply(c.in, ViewRNG(seed, epoch, sample, view))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Width != 32 || m.Height != 32 {
+			t.Fatalf("view of %dx%d, want 32x32", m.Width, m.Height)
+		}
+		return m
+	}
+	base := run(1, 2, 3, 0)
+	if d, _ := maxLevelDiff(t, run(1, 2, 3, 0), base); d != 0 {
+		t.Error("the same key gave another view")
+	}
+	for _, k := range [][4]int{{1, 2, 3, 1}, {1, 2, 4, 0}, {1, 3, 3, 0}, {2, 2, 3, 0}} {
+		if d, _ := maxLevelDiff(t, run(uint64(k[0]), k[1], k[2], k[3]), base); d == 0 {
+			t.Errorf("key %v gave the same view as (1, 2, 3, 0)", k)
+		}
+	}
+}
+
+// TestViewAugmentGrayscaleRate checks one of the pipeline's event rates
+// end to end: the share of grey views over 2000 samples of VICReg's first
+// view (at 8x8) within 4 standard deviations of RandomGrayscale's 0.2 (the
+// test photo has colour, and ColorJitter's saturation factor is at least
+// 0.8, so only RandomGrayscale makes a view grey).
+func TestViewAugmentGrayscaleRate(t *testing.T) {
+	var in *RGBImage
+	for _, c := range augmentCases(t) {
+		if c.name == "generated" {
+			in = c.in
+		}
+	}
+	a := VICRegViews()[0]
+	a.Size = 8
+	const n = 2000
+	grey := 0
+	for s := range n {
+		m, err := a.Apply(in, ViewRNG(5, 0, s, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		isGrey := true
+		for i := 0; i < len(m.Pix); i += 3 {
+			if m.Pix[i] != m.Pix[i+1] || m.Pix[i] != m.Pix[i+2] {
+				isGrey = false
+				break
+			}
+		}
+		if isGrey {
+			grey++
+		}
+	}
+	if !withinSigmas(grey, n, 0.2) {
+		t.Errorf("%d grey views of %d, want 0.2 of them within 4 standard deviations", grey, n)
+	}
+}
