@@ -53,8 +53,8 @@ func RandomResizedCropParams(rng *rand.Rand, width, height int, scale, ratio [2]
 	if width <= 0 || height <= 0 {
 		return CropBox{}, fmt.Errorf("random resized crop of an empty %dx%d image", width, height)
 	}
-	if !(scale[0] <= scale[1]) || !(ratio[0] <= ratio[1]) || !(scale[0] >= 0) || !(ratio[0] > 0) {
-		return CropBox{}, fmt.Errorf("random resized crop: scale %v and ratio %v must be ordered, non-negative ranges", scale, ratio)
+	if !(scale[0] <= scale[1]) || !(ratio[0] <= ratio[1]) || !(scale[0] >= 0) || !(ratio[0] > 0) || math.IsInf(scale[1], 0) || math.IsInf(ratio[1], 0) {
+		return CropBox{}, fmt.Errorf("random resized crop: scale %v and ratio %v must be ordered, finite, non-negative ranges", scale, ratio)
 	}
 	area := float64(height * width)
 	logLo, logHi := float32(math.Log(float64(float32(ratio[0])))), float32(math.Log(float64(float32(ratio[1]))))

@@ -181,6 +181,9 @@ func TestRandomResizedCropFallback(t *testing.T) {
 	if _, err := RandomResizedCropParams(rand.New(rand.NewPCG(0, 0)), 5, 5, [2]float64{1, 0.08}, ratio); err == nil {
 		t.Error("reversed scale: no error")
 	}
+	if _, err := RandomResizedCropParams(rand.New(rand.NewPCG(0, 0)), 5, 5, [2]float64{0.08, 1}, [2]float64{0.75, math.Inf(1)}); err == nil {
+		t.Error("infinite ratio: no error")
+	}
 }
 
 // withinSigmas reports whether k successes in n trials is within 4

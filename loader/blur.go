@@ -13,8 +13,10 @@ import (
 // img.filter(ImageFilter.GaussianBlur(sigma)); the result equals PIL's byte
 // for byte. A radius of 0 returns a copy.
 func (m *RGBImage) PILGaussianBlur(radius float64) (*RGBImage, error) {
-	if !(radius >= 0) || math.IsInf(radius, 0) {
-		return nil, fmt.Errorf("gaussian blur radius %v: must be a non-negative number", radius)
+	// The bound keeps PIL's int conversions of the box radius defined; any
+	// radius near it already spreads every line to its mean.
+	if !(radius >= 0) || radius > maxBlurRadius {
+		return nil, fmt.Errorf("gaussian blur radius %v: must be a number in [0, %d]", radius, maxBlurRadius)
 	}
 	const passes = 3
 	out := &RGBImage{Width: m.Width, Height: m.Height, Pix: append([]uint8(nil), m.Pix...)}
@@ -52,6 +54,9 @@ func (m *RGBImage) PILGaussianBlur(radius float64) (*RGBImage, error) {
 	}
 	return out, nil
 }
+
+// maxBlurRadius is the largest radius PILGaussianBlur accepts.
+const maxBlurRadius = 1 << 20
 
 // pilBoxRadius is PIL's _gaussian_blur_radius: the box radius whose passes
 // have the variance of a Gaussian of the given radius (Gwosdek et al. 2011),
@@ -128,7 +133,7 @@ func (m *RGBImage) GaussianBlur(kernelSize int, sigma float64) (*RGBImage, error
 	if kernelSize <= 0 || kernelSize%2 == 0 {
 		return nil, fmt.Errorf("gaussian blur kernel size %d: must be odd and positive", kernelSize)
 	}
-	if !(sigma > 0) || math.IsInf(sigma, 0) {
+	if !(float32(sigma) > 0) || math.IsInf(float64(float32(sigma)), 0) {
 		return nil, fmt.Errorf("gaussian blur sigma %v: must be positive", sigma)
 	}
 	pad := kernelSize / 2

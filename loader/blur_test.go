@@ -51,6 +51,10 @@ func TestBlurRejectsBadArguments(t *testing.T) {
 			t.Errorf("%s: no error", name)
 		}
 	}
+	// The largest radius still works (every line spreads to its mean).
+	if _, err := m.PILGaussianBlur(maxBlurRadius); err != nil {
+		t.Errorf("radius %d: %v", maxBlurRadius, err)
+	}
 	// A zero radius is PIL's copy.
 	got, err := m.PILGaussianBlur(0)
 	if err != nil {

@@ -131,11 +131,6 @@ func (m *RGBImage) AdjustHue(factor float64) (*RGBImage, error) {
 	return out, nil
 }
 
-// clip8f is PIL's CLIP8 of an int.
-func clip8f(v int) uint8 {
-	return clampU8(v)
-}
-
 // pilRGBToHSV is PIL's rgb2hsv_row (Convert.c), with its mix of float32
 // variables and float64 constants.
 func pilRGBToHSV(r, g, b uint8) (uint8, uint8, uint8) {
@@ -159,8 +154,8 @@ func pilRGBToHSV(r, g, b uint8) (uint8, uint8, uint8) {
 		h = float32(4.0 + float64(gc) - float64(rc))
 	}
 	h = float32(math.Mod(float64(h)/6.0+1.0, 1.0))
-	uh := clip8f(int(float64(h) * 255.0))
-	us := clip8f(int(float64(s) * 255.0))
+	uh := clampU8(int(float64(h) * 255.0))
+	us := clampU8(int(float64(s) * 255.0))
 	return uh, us, maxc
 }
 
@@ -173,9 +168,9 @@ func pilHSVToRGB(h, s, v uint8) (uint8, uint8, uint8) {
 	f := float32(float64(float32(h))*6.0/255.0 - float64(float32(i)))
 	fs := float32(float64(float32(s)) / 255.0)
 	fv := float64(float32(v))
-	p := clip8f(int(math.Round(fv * (1.0 - float64(fs)))))
-	q := clip8f(int(math.Round(fv * (1.0 - float64(fs*f)))))
-	t := clip8f(int(math.Round(fv * (1.0 - float64(fs)*(1.0-float64(f))))))
+	p := clampU8(int(math.Round(fv * (1.0 - float64(fs)))))
+	q := clampU8(int(math.Round(fv * (1.0 - float64(fs*f)))))
+	t := clampU8(int(math.Round(fv * (1.0 - float64(fs)*(1.0-float64(f))))))
 	switch i % 6 {
 	case 0:
 		return v, t, p
