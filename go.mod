@@ -13,4 +13,4 @@ require (
 	gonum.org/v1/gonum v0.17.0
 )
 
-require github.com/go-gl/mathgl v1.2.0 // indirect
+require github.com/go-gl/mathgl v1.2.0

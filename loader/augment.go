@@ -2,6 +2,7 @@ package loader
 
 import (
 	"fmt"
+	"image"
 	"math"
 	"math/rand/v2"
 
@@ -267,50 +268,10 @@ func (m *RGBImage) ResizeBicubic(w, h int) (*RGBImage, error) {
 	if m.Width <= 0 || m.Height <= 0 {
 		return nil, fmt.Errorf("resize an empty %dx%d image", m.Width, m.Height)
 	}
-	out := &RGBImage{Width: m.Width, Height: m.Height, Pix: append([]uint8(nil), m.Pix...)}
-	// PIL skips a pass whose size does not change.
-	if w != m.Width {
-		c := pilCubicCoeffs(m.Width, w)
-		next := newRGBImage(w, out.Height)
-		for y := 0; y < out.Height; y++ {
-			resampleLine(next.Pix[3*w*y:3*w*(y+1)], out.Pix[3*out.Width*y:3*out.Width*(y+1)], 3, c)
-		}
-		out = next
+	if w == m.Width && h == m.Height {
+		return &RGBImage{Width: w, Height: h, Pix: append([]uint8(nil), m.Pix...)}, nil
 	}
-	if h != m.Height {
-		c := pilCubicCoeffs(m.Height, h)
-		next := newRGBImage(w, h)
-		for y := 0; y < h; y++ {
-			lo, n := c.bounds[2*y], c.bounds[2*y+1]
-			k := c.k[y*c.ksize:]
-			o := next.Pix[3*w*y : 3*w*(y+1)]
-			for x := range o {
-				s := int32(1 << (pilPrecision - 1))
-				for i := 0; i < n; i++ {
-					s += int32(out.Pix[3*w*(lo+i)+x]) * k[i]
-				}
-				o[x] = pilClip8(s)
-			}
-		}
-		out = next
-	}
-	return out, nil
-}
-
-// resampleLine resamples one line of pixels of the given stride (bytes a
-// pixel) with PIL's fixed-point coefficients.
-func resampleLine(out, in []uint8, stride int, c resampleCoeffs) {
-	for x := 0; x < len(out)/stride; x++ {
-		lo, n := c.bounds[2*x], c.bounds[2*x+1]
-		k := c.k[x*c.ksize:]
-		for ch := 0; ch < stride; ch++ {
-			s := int32(1 << (pilPrecision - 1))
-			for i := 0; i < n; i++ {
-				s += int32(in[stride*(lo+i)+ch]) * k[i]
-			}
-			out[stride*x+ch] = pilClip8(s)
-		}
-	}
+	return m.resizeRegion(w, h, image.Rect(0, 0, w, h), pilCubicCoeffs), nil
 }
 
 // pilCubic is PIL's bicubic_filter (Resample.c), a = -0.5.

@@ -469,27 +469,29 @@ func (m *RGBImage) Resize(w, h int) (*RGBImage, error) {
 	if w == m.Width && h == m.Height {
 		return &RGBImage{Width: w, Height: h, Pix: append([]uint8(nil), m.Pix...)}, nil
 	}
-	return m.resizeRegion(w, h, image.Rect(0, 0, w, h)), nil
+	return m.resizeRegion(w, h, image.Rect(0, 0, w, h), pilCoeffs), nil
 }
 
-// resizeRegion returns the region r of m resized to w x h, computing only
-// what that region needs: the rows the vertical pass reads and the columns
-// of r. Each output pixel depends only on its own row of the horizontal
-// pass, so the region equals the same region of the full resize.
-func (m *RGBImage) resizeRegion(w, h int, r image.Rectangle) *RGBImage {
+// resizeRegion returns the region r of m resized to w x h with PIL's
+// separable resampling and the filter's coefficients (pilCoeffs: bilinear,
+// pilCubicCoeffs: bicubic), computing only what that region needs: the rows
+// the vertical pass reads and the columns of r. Each output pixel depends
+// only on its own row of the horizontal pass, so the region equals the same
+// region of the full resize.
+func (m *RGBImage) resizeRegion(w, h int, r image.Rectangle, filter func(inSize, outSize int) resampleCoeffs) *RGBImage {
 	cw, ch := r.Dx(), r.Dy()
 	// PIL skips a pass whose size does not change.
 	var vert resampleCoeffs
 	y0, y1 := r.Min.Y, r.Max.Y
 	if h != m.Height {
-		vert = pilCoeffs(m.Height, h)
+		vert = filter(m.Height, h)
 		y0 = vert.bounds[2*r.Min.Y]
 		y1 = vert.bounds[2*(r.Max.Y-1)] + vert.bounds[2*(r.Max.Y-1)+1]
 	}
 	// tmp: rows y0..y1 of the horizontally resized image, columns of r.
 	tmp := newRGBImage(cw, y1-y0)
 	if w != m.Width {
-		horiz := pilCoeffs(m.Width, w)
+		horiz := filter(m.Width, w)
 		for y := 0; y < tmp.Height; y++ {
 			in := m.Pix[3*m.Width*(y+y0):]
 			o := tmp.Pix[3*cw*y:]
@@ -721,7 +723,7 @@ func (p Preprocess) applyInto(img image.Image, h, w int, dst []float32) error {
 	switch {
 	case rw != m.Width || rh != m.Height:
 		// Resize only what the crop keeps.
-		m = m.resizeRegion(rw, rh, region)
+		m = m.resizeRegion(rw, rh, region, pilCoeffs)
 	case p.Crop > 0:
 		if m, err = m.Crop(region.Min.X, region.Min.Y, p.Crop, p.Crop); err != nil {
 			return err

@@ -522,7 +522,7 @@ func TestResizeRegion(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := m.resizeRegion(tt.w, tt.h, tt.r)
+		got := m.resizeRegion(tt.w, tt.h, tt.r, pilCoeffs)
 		if got.Width != want.Width || got.Height != want.Height || !bytes.Equal(got.Pix, want.Pix) {
 			t.Errorf("%dx%d region %v differs from the cropped full resize", tt.w, tt.h, tt.r)
 		}
