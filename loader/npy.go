@@ -21,7 +21,8 @@ import (
 type Array struct {
 	Shape []int
 	Data  []float64
-	// DType is the numpy type string the array was stored as: "<f4" or "<f8".
+	// DType is the numpy type string the array was stored as: "<f4", "<f8"
+	// or "<i8" (integers such as labels, exact in Data below 2^53).
 	DType string
 }
 
@@ -110,15 +111,18 @@ func DecodeNpy(r io.Reader) (*Array, error) {
 		return nil, errors.New("the array is in Fortran order: save it with numpy.save(path, numpy.ascontiguousarray(a))")
 	}
 	var size int
+	var dtype string
 	switch descr[1] {
 	case "<f4", "=f4":
-		size = 4
+		size, dtype = 4, "<f4"
 	case "<f8", "=f8":
-		size = 8
+		size, dtype = 8, "<f8"
+	case "<i8", "=i8":
+		size, dtype = 8, "<i8"
 	default:
 		return nil, fmt.Errorf("dtype %s is not supported: convert the array to float32 or float64 (a.astype('float32'))", descr[1])
 	}
-	a := &Array{DType: "<f" + strconv.Itoa(size)}
+	a := &Array{DType: dtype}
 	for _, part := range strings.Split(shapeM[1], ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
@@ -140,10 +144,13 @@ func DecodeNpy(r io.Reader) (*Array, error) {
 	}
 	a.Data = make([]float64, n)
 	for i := range a.Data {
-		if size == 4 {
+		switch dtype {
+		case "<f4":
 			a.Data[i] = float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])))
-		} else {
+		case "<f8":
 			a.Data[i] = math.Float64frombits(binary.LittleEndian.Uint64(raw[8*i:]))
+		default: // int64 labels: exact below 2^53
+			a.Data[i] = float64(int64(binary.LittleEndian.Uint64(raw[8*i:])))
 		}
 	}
 	return a, nil
@@ -152,12 +159,42 @@ func DecodeNpy(r io.Reader) (*Array, error) {
 // EncodeNpy writes data (row-major, of the given shape) as a float32 .npy
 // array, format version 1 unless the header needs version 2.
 func EncodeNpy(w io.Writer, shape []int, data []float32) error {
-	n := 1
-	for _, s := range shape {
-		n *= s
+	if err := npyHeader(w, "<f4", shape, len(data)); err != nil {
+		return err
 	}
-	if n != len(data) {
-		return fmt.Errorf("shape %v holds %d values, got %d", shape, n, len(data))
+	bw := bufio.NewWriter(w)
+	var b [4]byte
+	for _, v := range data {
+		binary.LittleEndian.PutUint32(b[:], math.Float32bits(v))
+		bw.Write(b[:])
+	}
+	return bw.Flush()
+}
+
+// EncodeNpyInt64 writes integers (class labels) as an int64 .npy array,
+// which numpy and PyTorch read as integers.
+func EncodeNpyInt64(w io.Writer, shape []int, data []int64) error {
+	if err := npyHeader(w, "<i8", shape, len(data)); err != nil {
+		return err
+	}
+	bw := bufio.NewWriter(w)
+	var b [8]byte
+	for _, v := range data {
+		binary.LittleEndian.PutUint64(b[:], uint64(v))
+		bw.Write(b[:])
+	}
+	return bw.Flush()
+}
+
+// npyHeader writes the .npy header of an array of the numpy type descr
+// and the given shape, which must hold n values.
+func npyHeader(w io.Writer, descr string, shape []int, n int) error {
+	want := 1
+	for _, s := range shape {
+		want *= s
+	}
+	if want != n {
+		return fmt.Errorf("shape %v holds %d values, got %d", shape, want, n)
 	}
 	dims := make([]string, len(shape))
 	for i, s := range shape {
@@ -167,7 +204,7 @@ func EncodeNpy(w io.Writer, shape []int, data []float32) error {
 	if len(shape) == 1 {
 		tuple += ","
 	}
-	dict := fmt.Sprintf("{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", tuple)
+	dict := fmt.Sprintf("{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, tuple)
 	// The header (magic, version, length, dict, padding, '\n') is padded to a
 	// multiple of 64 bytes so the data is aligned.
 	version, lenBytes := byte(1), 2
@@ -187,22 +224,19 @@ func EncodeNpy(w io.Writer, shape []int, data []float32) error {
 	buf = append(buf, dict...)
 	buf = append(buf, strings.Repeat(" ", pad)...)
 	buf = append(buf, '\n')
-	if _, err := w.Write(buf); err != nil {
-		return err
-	}
-	bw := bufio.NewWriter(w)
-	var b [4]byte
-	for _, v := range data {
-		binary.LittleEndian.PutUint32(b[:], math.Float32bits(v))
-		bw.Write(b[:])
-	}
-	return bw.Flush()
+	_, err := w.Write(buf)
+	return err
 }
 
 // WriteNpy writes a float32 .npy file atomically: a reader sees the old file
 // or the whole new one, never a part.
 func WriteNpy(path string, shape []int, data []float32) error {
 	return writeAtomic(path, func(w io.Writer) error { return EncodeNpy(w, shape, data) })
+}
+
+// WriteNpyInt64 writes an int64 .npy file atomically.
+func WriteNpyInt64(path string, shape []int, data []int64) error {
+	return writeAtomic(path, func(w io.Writer) error { return EncodeNpyInt64(w, shape, data) })
 }
 
 // writeAtomic writes a file through a temporary file in the same directory,

@@ -2,6 +2,7 @@ package loader
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -77,8 +78,23 @@ np.save(d + "/f4.npy", a.astype(np.float32))
 with open(d + "/v2.npy", "wb") as f:
     format.write_array(f, a.astype(np.float32), version=(2, 0))
 np.save(d + "/fortran.npy", np.asfortranarray(a))
-np.save(d + "/int.npy", np.arange(4))
+np.save(d + "/int.npy", np.arange(4, dtype=np.int32))
+np.save(d + "/i8.npy", np.array([3, -1, 1 << 40], dtype=np.int64))
 `, dir)
+	if a, err := ReadNpy(filepath.Join(dir, "i8.npy")); err != nil || a.DType != "<i8" || fmt.Sprint(a.Data) != fmt.Sprint([]float64{3, -1, 1 << 40}) {
+		t.Errorf("int64 array: %v, %v", a, err)
+	}
+	labels := filepath.Join(dir, "labels.npy")
+	if err := WriteNpyInt64(labels, []int{3}, []int64{0, 9, 1 << 40}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(oracle.Run(t, py, `
+import sys, numpy as np
+a = np.load(sys.argv[1])
+print(a.dtype, a.tolist())
+`, labels))); got != "int64 [0, 9, 1099511627776]" {
+		t.Errorf("numpy read our int64 labels as %s", got)
+	}
 	for _, name := range []string{"f8", "f4", "v2"} {
 		a, err := ReadNpy(filepath.Join(dir, name+".npy"))
 		if err != nil {

@@ -19,7 +19,7 @@ type embedCmd struct {
 	Layout     string `name:"layout" default:"" placeholder:"L" help:"Checkpoint layout, detected when empty: vicreg, vicreg-backbone, swav, simsiam, torchvision, e2mcvk."`
 	Data       string `name:"data" required:"" placeholder:"DIR" help:"Images: an ImageFolder directory (DIR/<class>/<image>), DIR@LIST.txt (the files of a SimCLR subset list), cifar10:DIR:train|test (CIFAR-10 binary batches), or fashion-mnist:train|test."`
 	Out        string `name:"out" required:"" placeholder:"Z.npy" help:"Where to write the N x D float32 embeddings, one row per image in data-set order."`
-	LabelsOut  string `name:"labels-out" placeholder:"L.npy" help:"Also write the N class indices (float32 .npy)."`
+	LabelsOut  string `name:"labels-out" placeholder:"L.npy" help:"Also write the N class indices (int64 .npy)."`
 	Arch       string `name:"arch" enum:",resnet18,resnet34,resnet50" default:"" help:"Backbone architecture; taken from the checkpoint when empty, an error when it disagrees."`
 	Head       string `name:"head" enum:"backbone,projector" default:"backbone" help:"Output: the pooled backbone features (2048-d for ResNet-50) or the projector's output."`
 	Resize     int    `name:"resize" default:"256" help:"Resize the shorter side to this many pixels (bilinear) first; 0 keeps the size."`
@@ -101,11 +101,11 @@ func (c *embedCmd) Run(e *env) error {
 		return err
 	}
 	if c.LabelsOut != "" {
-		labels := make([]float32, n)
+		labels := make([]int64, n)
 		for i := range labels {
-			labels[i] = float32(ds.Label(i))
+			labels[i] = int64(ds.Label(i))
 		}
-		if err := loader.WriteNpy(c.LabelsOut, []int{n}, labels); err != nil {
+		if err := loader.WriteNpyInt64(c.LabelsOut, []int{n}, labels); err != nil {
 			return err
 		}
 	}
