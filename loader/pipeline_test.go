@@ -1,0 +1,342 @@
+package loader
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// writePNGFolder writes an image folder of n small PNGs spread over three
+// classes, each a different smooth pattern and size, and returns it opened.
+func writePNGFolder(t *testing.T, n int) *ImageFolder {
+	t.Helper()
+	root := t.TempDir()
+	classes := []string{"ant", "bee", "cat"}
+	for _, c := range classes {
+		if err := os.Mkdir(filepath.Join(root, c), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		w, h := 24+i%5*4, 20+i%3*6
+		m := image.NewNRGBA(image.Rect(0, 0, w, h))
+		for y := range h {
+			for x := range w {
+				m.Set(x, y, color.NRGBA{
+					R: uint8(128 + 120*math.Sin(float64(x*(i+1))/7)),
+					G: uint8(128 + 120*math.Cos(float64(y*(i+2))/5)),
+					B: uint8((x*y + 31*i) % 256),
+					A: 255,
+				})
+			}
+		}
+		var buf bytes.Buffer
+		if err := png.Encode(&buf, m); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(root, classes[i%3], fmt.Sprintf("img%03d.png", i))
+		if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := OpenImageFolder(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// smallViews are VICReg's two views at 16 pixels, to keep the tests fast.
+func smallViews() []View {
+	v := VICRegViews()
+	a, b := View{ViewAugment: v[0]}, View{ViewAugment: v[1]}
+	a.Size, b.Size = 16, 12
+	return []View{a, b}
+}
+
+// collect runs an epoch to its end and returns its batches.
+func collect(t *testing.T, p *Pipeline, epoch, start int) ([]*Batch, *BatchIter) {
+	t.Helper()
+	it, err := p.Epoch(context.Background(), epoch, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	var out []*Batch
+	for it.Next() {
+		out = append(out, it.Batch())
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out, it
+}
+
+func sameBatch(a, b *Batch) bool {
+	if a.Number != b.Number || fmt.Sprint(a.Samples, a.Labels, a.Sizes) != fmt.Sprint(b.Samples, b.Labels, b.Sizes) {
+		return false
+	}
+	for v := range a.Views {
+		if len(a.Views[v]) != len(b.Views[v]) {
+			return false
+		}
+		for i := range a.Views[v] {
+			if math.Float32bits(a.Views[v][i]) != math.Float32bits(b.Views[v][i]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func TestPipelineShapesAndLabels(t *testing.T) {
+	ds := writePNGFolder(t, 11)
+	p := &Pipeline{Data: ds, Views: smallViews(), BatchSize: 4, Seed: 7, Workers: 3, Prefetch: 2}
+	batches, it := collect(t, p, 0, 0)
+	if len(batches) != 2 || p.NumBatches() != 2 {
+		t.Fatalf("%d batches (NumBatches %d), want 2 (11 images, batch 4, last dropped)", len(batches), p.NumBatches())
+	}
+	if it.Skipped() != 0 {
+		t.Errorf("skipped %d", it.Skipped())
+	}
+	order := p.Order(0)
+	seen := map[int]bool{}
+	for k, b := range batches {
+		if b.Number != k {
+			t.Errorf("batch %d numbered %d", k, b.Number)
+		}
+		if fmt.Sprint(b.Samples) != fmt.Sprint(order[4*k:4*k+4]) {
+			t.Errorf("batch %d samples %v, want %v", k, b.Samples, order[4*k:4*k+4])
+		}
+		for j, s := range b.Samples {
+			if seen[s] {
+				t.Errorf("sample %d twice", s)
+			}
+			seen[s] = true
+			if b.Labels[j] != ds.Label(s) {
+				t.Errorf("sample %d label %d, want %d", s, b.Labels[j], ds.Label(s))
+			}
+		}
+		for v, size := range []int{16, 12} {
+			if b.Sizes[v] != size || len(b.Views[v]) != 4*3*size*size {
+				t.Errorf("batch %d view %d: size %d, %d values", k, v, b.Sizes[v], len(b.Views[v]))
+			}
+			// Normalised ImageNet values lie in [-2.2, 2.7]; each sample's
+			// slot was written (pattern images are not constant).
+			per := 3 * size * size
+			for j := range 4 {
+				lo, hi := float32(10), float32(-10)
+				for _, x := range b.Views[v][j*per : (j+1)*per] {
+					lo, hi = min(lo, x), max(hi, x)
+				}
+				if lo < -2.2 || hi > 2.7 || hi-lo < 0.1 {
+					t.Errorf("batch %d view %d slot %d: values in [%v, %v]", k, v, j, lo, hi)
+				}
+			}
+		}
+	}
+	// The views are the views' transforms of the decoded samples.
+	b := batches[1]
+	img, err := ds.Image(b.Samples[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := p.Views[1].Apply(ToRGB(img), ViewRNG(7, 0, b.Samples[2], 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantT := make([]float32, 3*12*12)
+	if err := want.Normalize(wantT); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(wantT) != fmt.Sprint(b.Views[1][2*len(wantT):3*len(wantT)]) {
+		t.Error("batch 1 slot 2 view 1 differs from the view applied directly")
+	}
+}
+
+func TestPipelineDeterminism(t *testing.T) {
+	ds := writePNGFolder(t, 12)
+	p := &Pipeline{Data: ds, Views: smallViews(), BatchSize: 3, Seed: 3, Workers: 4, Prefetch: 3}
+	full, _ := collect(t, p, 1, 0)
+	p2 := *p
+	p2.Workers, p2.Prefetch = 1, 1
+	again, _ := collect(t, &p2, 1, 0)
+	if len(full) != 4 || len(again) != 4 {
+		t.Fatalf("%d and %d batches, want 4", len(full), len(again))
+	}
+	for k := range full {
+		if !sameBatch(full[k], again[k]) {
+			t.Errorf("batch %d differs between runs with 4 and 1 workers", k)
+		}
+	}
+	resumed, _ := collect(t, p, 1, 2)
+	if len(resumed) != 2 {
+		t.Fatalf("resumed at 2: %d batches", len(resumed))
+	}
+	for k, b := range resumed {
+		if !sameBatch(b, full[2+k]) {
+			t.Errorf("resumed batch %d differs from the full run's", 2+k)
+		}
+	}
+	other, _ := collect(t, p, 2, 0)
+	if fmt.Sprint(p.Order(1)) == fmt.Sprint(p.Order(2)) {
+		t.Error("epochs 1 and 2 have the same order")
+	}
+	for k := range other {
+		if sameBatch(other[k], full[k]) {
+			t.Errorf("epoch 2 batch %d equals epoch 1's", k)
+		}
+	}
+	end, _ := collect(t, p, 1, 4)
+	if len(end) != 0 {
+		t.Errorf("resumed at the end: %d batches", len(end))
+	}
+}
+
+func TestPipelineCorruptImage(t *testing.T) {
+	ds := writePNGFolder(t, 9)
+	p := &Pipeline{Data: ds, Views: smallViews(), BatchSize: 3, Seed: 5, Workers: 2}
+	clean, _ := collect(t, p, 0, 0)
+	// Truncate the second image of batch 1.
+	bad := clean[1].Samples[1]
+	path := ds.Name(bad)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data[:len(data)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	p.Log = &log
+	got, it := collect(t, p, 0, 0)
+	if len(got) != 3 {
+		t.Fatalf("%d batches, want 3", len(got))
+	}
+	if it.Skipped() != 1 || fmt.Sprint(got[1].Skipped) != fmt.Sprint([]int{bad}) {
+		t.Errorf("skipped %d (%v), want 1 (%d)", it.Skipped(), got[1].Skipped, bad)
+	}
+	if !strings.Contains(log.String(), path) || strings.Count(log.String(), "\n") != 1 {
+		t.Errorf("log %q does not name %s once", log.String(), path)
+	}
+	// Batch 1 is full: its readable images, then the next batch's first.
+	order := p.Order(0)
+	want := []int{order[3], order[5], order[6]}
+	if fmt.Sprint(got[1].Samples) != fmt.Sprint(want) {
+		t.Errorf("batch 1 samples %v, want %v", got[1].Samples, want)
+	}
+	if !sameBatch(got[0], clean[0]) || !sameBatch(got[2], clean[2]) {
+		t.Error("batches without the corrupt image changed")
+	}
+	// Slot 1 holds sample order[5]'s views, moved from slot 2.
+	per := 3 * 16 * 16
+	if fmt.Sprint(got[1].Views[0][per:2*per]) != fmt.Sprint(clean[1].Views[0][2*per:3*per]) {
+		t.Error("batch 1 slot 1 does not hold the next readable image's view")
+	}
+	// Resuming at the corrupt batch gives the same batch.
+	resumed, _ := collect(t, p, 0, 1)
+	if !sameBatch(resumed[0], got[1]) {
+		t.Error("resumed batch 1 differs")
+	}
+
+	p.Strict = true
+	it2, err := p.Epoch(context.Background(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it2.Close()
+	n := 0
+	for it2.Next() {
+		n++
+	}
+	if it2.Err() == nil || !strings.Contains(it2.Err().Error(), path) || n != 1 {
+		t.Errorf("strict: %d batches, error %v, want 1 and an error naming %s", n, it2.Err(), path)
+	}
+}
+
+func TestPipelineErrors(t *testing.T) {
+	ds := writePNGFolder(t, 4)
+	tests := []struct {
+		name  string
+		p     Pipeline
+		start int
+		want  string
+	}{
+		{"empty", Pipeline{Data: Select(ds, nil), Views: smallViews(), BatchSize: 2}, 0, "empty"},
+		{"batch too large", Pipeline{Data: ds, Views: smallViews(), BatchSize: 5}, 0, "larger than the data set"},
+		{"zero batch", Pipeline{Data: ds, Views: smallViews()}, 0, "batch size 0"},
+		{"no views", Pipeline{Data: ds, BatchSize: 2}, 0, "no views"},
+		{"bad view", Pipeline{Data: ds, Views: []View{{}}, BatchSize: 2}, 0, "output size"},
+		{"start past end", Pipeline{Data: ds, Views: smallViews(), BatchSize: 2}, 3, "start batch"},
+		{"negative workers", Pipeline{Data: ds, Views: smallViews(), BatchSize: 2, Workers: -1}, 0, "workers"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.p.Epoch(context.Background(), 0, tc.start)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	// Every image unreadable: an error, not a hang.
+	for i := range ds.Samples {
+		if err := os.WriteFile(ds.Samples[i].Path, []byte("not a png"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := &Pipeline{Data: ds, Views: smallViews(), BatchSize: 2, Workers: 2}
+	it, err := p.Epoch(context.Background(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	if it.Next() || it.Err() == nil || !strings.Contains(it.Err().Error(), "readable") {
+		t.Errorf("all unreadable: error %v", it.Err())
+	}
+}
+
+func TestPipelineCancel(t *testing.T) {
+	ds := writePNGFolder(t, 12)
+	p := &Pipeline{Data: ds, Views: smallViews(), BatchSize: 2, Workers: 4, Prefetch: 2}
+	before := runtime.NumGoroutine()
+	for _, closeFirst := range []bool{true, false} {
+		ctx, cancel := context.WithCancel(context.Background())
+		it, err := p.Epoch(ctx, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !it.Next() {
+			t.Fatal(it.Err())
+		}
+		if closeFirst {
+			it.Close()
+			cancel()
+		} else {
+			cancel()
+			for it.Next() {
+			}
+			if !errors.Is(it.Err(), context.Canceled) {
+				t.Errorf("after cancel: error %v", it.Err())
+			}
+			it.Close()
+		}
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines after closing, %d before", n, before)
+	}
+}
