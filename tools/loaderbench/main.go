@@ -3,7 +3,7 @@
 // of worker goroutines. torch_loader.py times PyTorch's DataLoader with
 // VICReg's own transforms on the same folder.
 //
-//	go run ./tools/loaderbench --data DIR [--batch 64] [--workers N] [--batches 10]
+//	go run ./tools/loaderbench --data DIR [--batch 64] [--workers N] [--batches 10] [--cpuprofile FILE]
 package main
 
 import (
@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"time"
 
 	"github.com/e2mcvk/e2mcvk/loader"
@@ -30,6 +31,7 @@ func run() error {
 	workers := flag.Int("workers", runtime.NumCPU(), "decoding goroutines")
 	batches := flag.Int("batches", 10, "batches to time (at most an epoch's)")
 	method := flag.String("method", "vicreg", "views: vicreg, simsiam or swav")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the timed run to this file")
 	flag.Parse()
 	if *data == "" {
 		return fmt.Errorf("--data is required")
@@ -48,6 +50,17 @@ func run() error {
 		return err
 	}
 	defer it.Close()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	start := time.Now()
 	var first time.Time
 	n := 0
