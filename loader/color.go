@@ -153,19 +153,40 @@ func pilRGBToHSV(r, g, b uint8) (uint8, uint8, uint8) {
 	default:
 		h = float32(4.0 + float64(gc) - float64(rc))
 	}
-	h = float32(math.Mod(float64(h)/6.0+1.0, 1.0))
+	// PIL's fmod(h/6 + 1, 1): the argument lies in [5/6, 2), where the
+	// remainder is exactly the argument less 1 (Sterbenz), and much cheaper
+	// than math.Mod.
+	hh := float64(h)/6.0 + 1.0
+	if hh >= 1 {
+		hh--
+	}
+	h = float32(hh)
 	uh := clampU8(int(float64(h) * 255.0))
 	us := clampU8(int(float64(s) * 255.0))
 	return uh, us, maxc
 }
+
+// hueSector holds, for each 8-bit hue, PIL's sector i = floor(h*6/255) and
+// the fraction f within it, computed as hsv2rgb does: a table of 256 entries
+// (computed once, never written again) instead of a floor and a division a
+// pixel.
+var hueSector = func() (t [256]struct {
+	i int
+	f float32
+}) {
+	for h := range t {
+		i := int(math.Floor(float64(float32(h)) * 6.0 / 255.0))
+		t[h].i, t[h].f = i, float32(float64(float32(h))*6.0/255.0-float64(float32(i)))
+	}
+	return t
+}()
 
 // pilHSVToRGB is PIL's hsv2rgb (Convert.c).
 func pilHSVToRGB(h, s, v uint8) (uint8, uint8, uint8) {
 	if s == 0 {
 		return v, v, v
 	}
-	i := int(math.Floor(float64(float32(h)) * 6.0 / 255.0))
-	f := float32(float64(float32(h))*6.0/255.0 - float64(float32(i)))
+	i, f := hueSector[h].i, hueSector[h].f
 	fs := float32(float64(float32(s)) / 255.0)
 	fv := float64(float32(v))
 	p := clampU8(int(math.Round(fv * (1.0 - float64(fs)))))
