@@ -11,6 +11,8 @@ packages=(
   glslc
   # Reference oracles and the PyTorch side of the benchmarks (DESIGN.md section 5).
   python3 python3-numpy python3-scipy python3-torch python3-torchvision
+  # Real photos (scikit-learn's sample images) for the augmentation checks.
+  python3-sklearn
   # The built-in default data set.
   dataset-fashion-mnist
   # cgo toolchain.

@@ -83,6 +83,15 @@ def ops(out, src):
         with open(os.path.join(src, name), "rb") as f:
             images[name] = Image.open(f).convert("RGB")
     images["generated"] = Image.fromarray(photo(71, 53, 21), "RGB")
+    # Real photos where scikit-learn is installed (tools/setup.sh installs
+    # it): china.jpg and flower.jpg, 640 x 427, decoded by PIL.
+    try:
+        from sklearn.datasets import load_sample_images
+        sample = load_sample_images()
+        for fname, arr in zip(sample.filenames, sample.images):
+            images["photo-" + os.path.basename(fname)] = Image.fromarray(arr, "RGB")
+    except ImportError:
+        pass
     manifest = {}
 
     def save(fname, img):
