@@ -25,21 +25,11 @@ func torchResNet(t *testing.T, args ...string) (string, map[string][]int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, done := oracle.CacheDir(t, script, []byte(strings.Join(args, " ")))
-	if !done {
-		// Only now look for PyTorch: importing it takes seconds.
-		py := oracle.Python(t, "torch", "torchvision", "numpy")
+	dir := oracle.Cached(t, []string{"torch", "torchvision", "numpy"}, func(py, dir string) {
 		oracle.RunFile(t, py, "testdata/torch_resnet.py", append([]string{dir}, args...)...)
-		oracle.MarkDone(t, dir)
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, script, []byte(strings.Join(args, " ")))
 	var manifest map[string][]int
-	if err := json.Unmarshal(raw, &manifest); err != nil {
-		t.Fatal(err)
-	}
+	oracle.ReadJSON(t, filepath.Join(dir, "manifest.json"), &manifest)
 	return dir, manifest
 }
 

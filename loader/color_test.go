@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -36,18 +35,13 @@ func torchAugment(t *testing.T, cmd string) string {
 			parts = append(parts, []byte(name), data)
 		}
 	}
-	dir, done := oracle.CacheDir(t, parts...)
-	if !done {
-		// Only now look for PyTorch: importing it takes seconds.
-		py := oracle.Python(t, "torch", "torchvision", "numpy", "PIL")
+	return oracle.Cached(t, []string{"torch", "torchvision", "numpy", "PIL"}, func(py, dir string) {
 		args = append(args, dir)
 		if cmd == "ops" {
 			args = append(args, testImages)
 		}
 		oracle.RunFile(t, py, "testdata/torch_augment.py", args...)
-		oracle.MarkDone(t, dir)
-	}
-	return dir
+	}, parts...)
 }
 
 // augmentCase is one image of the "ops" oracle output: its RGB input and
@@ -65,14 +59,8 @@ type augmentCase struct {
 func augmentCases(t *testing.T) []augmentCase {
 	t.Helper()
 	dir := torchAugment(t, "ops")
-	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var manifest map[string][]int
-	if err := json.Unmarshal(raw, &manifest); err != nil {
-		t.Fatal(err)
-	}
+	oracle.ReadJSON(t, filepath.Join(dir, "manifest.json"), &manifest)
 	names := append([]string{"generated"}, testImageNames(t)...)
 	// scikit-learn's sample photos, where the oracle had them.
 	for _, photo := range []string{"photo-china.jpg", "photo-flower.jpg"} {

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"image"
 	"os"
@@ -46,16 +45,9 @@ func TestFashionMNISTMatchesNumpy(t *testing.T) {
 		}
 		parts = append(parts, []byte(fmt.Sprintf("%s %d %d", f, st.Size(), st.ModTime().UnixNano())))
 	}
-	dir, done := oracle.CacheDir(t, parts...)
-	if !done {
-		py := oracle.Python(t, "numpy")
+	dir := oracle.Cached(t, []string{"numpy"}, func(py, dir string) {
 		oracle.RunFile(t, py, "testdata/torch_preprocess.py", "fashion-mnist", dir, FashionMNISTDir)
-		oracle.MarkDone(t, dir)
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "fmnist.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, parts...)
 	var want map[string]struct {
 		Count            int
 		Shape            []int
@@ -65,9 +57,7 @@ func TestFashionMNISTMatchesNumpy(t *testing.T) {
 		ImagesSHA256     string `json:"images_sha256"`
 		LabelsSHA256     string `json:"labels_sha256"`
 	}
-	if err := json.Unmarshal(raw, &want); err != nil {
-		t.Fatal(err)
-	}
+	oracle.ReadJSON(t, filepath.Join(dir, "fmnist.json"), &want)
 	for split, count := range map[string]int{"train": 60000, "test": 10000} {
 		t.Run(split, func(t *testing.T) {
 			w := want[split]

@@ -3,7 +3,6 @@ package loader
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"image"
@@ -80,21 +79,11 @@ func torchPreprocess(t *testing.T) (string, map[string][]int) {
 		}
 		parts = append(parts, []byte(name), data)
 	}
-	dir, done := oracle.CacheDir(t, parts...)
-	if !done {
-		// Only now look for PyTorch: importing it takes seconds.
-		py := oracle.Python(t, "torch", "torchvision", "numpy", "PIL")
+	dir := oracle.Cached(t, []string{"torch", "torchvision", "numpy", "PIL"}, func(py, dir string) {
 		oracle.RunFile(t, py, "testdata/torch_preprocess.py", "preprocess", dir, testImages)
-		oracle.MarkDone(t, dir)
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, parts...)
 	var manifest map[string][]int
-	if err := json.Unmarshal(raw, &manifest); err != nil {
-		t.Fatal(err)
-	}
+	oracle.ReadJSON(t, filepath.Join(dir, "manifest.json"), &manifest)
 	return dir, manifest
 }
 

@@ -3,7 +3,6 @@ package loader
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
@@ -79,23 +78,14 @@ func TestImageFolderMatchesTorchvision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, done := oracle.CacheDir(t, script, []byte("imagefolder"), []byte(strings.Join(tree, "\n")))
-	if !done {
-		py := oracle.Python(t, "torch", "torchvision", "numpy")
+	dir := oracle.Cached(t, []string{"torch", "torchvision", "numpy"}, func(py, dir string) {
 		oracle.RunFile(t, py, "testdata/torch_preprocess.py", "imagefolder", dir, root)
-		oracle.MarkDone(t, dir)
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "folder.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, script, []byte("imagefolder"), []byte(strings.Join(tree, "\n")))
 	var want struct {
 		Classes []string
 		Samples [][2]any
 	}
-	if err := json.Unmarshal(raw, &want); err != nil {
-		t.Fatal(err)
-	}
+	oracle.ReadJSON(t, filepath.Join(dir, "folder.json"), &want)
 
 	f, err := OpenImageFolder(root)
 	if err != nil {

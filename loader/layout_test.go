@@ -650,21 +650,11 @@ func torchLayouts(t *testing.T) (string, map[string]torchEntry) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, done := oracle.CacheDir(t, script, []byte("write"))
-	if !done {
-		// Only now look for PyTorch: importing it takes seconds.
-		py := oracle.Python(t, "torch", "torchvision", "numpy")
+	dir := oracle.Cached(t, []string{"torch", "torchvision", "numpy"}, func(py, dir string) {
 		oracle.RunFile(t, py, "testdata/torch_layouts.py", "write", dir)
-		oracle.MarkDone(t, dir)
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, script, []byte("write"))
 	var m map[string]torchEntry
-	if err := json.Unmarshal(raw, &m); err != nil {
-		t.Fatal(err)
-	}
+	oracle.ReadJSON(t, filepath.Join(dir, "manifest.json"), &m)
 	return dir, m
 }
 
@@ -876,26 +866,17 @@ func checkWithNumpy(t *testing.T, path string, e torchEntry) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, done := oracle.CacheDir(t, script, []byte("readst"), file)
-	if !done {
-		py := oracle.Python(t, "numpy")
+	dir := oracle.Cached(t, []string{"numpy"}, func(py, dir string) {
 		raw := oracle.RunFile(t, py, "testdata/torch_layouts.py", "readst", path)
 		if err := os.WriteFile(filepath.Join(dir, "readst.json"), raw, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		oracle.MarkDone(t, dir)
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "readst.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, script, []byte("readst"), file)
 	var got struct {
 		Metadata map[string]string
 		Tensors  map[string][3]json.RawMessage
 	}
-	if err := json.Unmarshal(raw, &got); err != nil {
-		t.Fatal(err)
-	}
+	oracle.ReadJSON(t, filepath.Join(dir, "readst.json"), &got)
 	if got.Metadata[MetaFormat] != "e2mcvk-checkpoint" || got.Metadata[MetaArch] != e.Arch {
 		t.Errorf("numpy reads metadata %v", got.Metadata)
 	}

@@ -25,13 +25,9 @@ func embedFixtures(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, done := oracle.CacheDir(t, script)
-	if !done {
-		py := oracle.Python(t, "torch", "torchvision", "numpy", "PIL")
+	return oracle.Cached(t, []string{"torch", "torchvision", "numpy", "PIL"}, func(py, dir string) {
 		oracle.RunFile(t, py, "testdata/torch_embed.py", "make", dir)
-		oracle.MarkDone(t, dir)
-	}
-	return dir
+	}, script)
 }
 
 // assertNpyClose compares two .npy files: same shape, relative error (2-norm)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -116,4 +117,40 @@ func ReadFloat32s(t testing.TB, path string) []float32 {
 		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
 	}
 	return out
+}
+
+// Cached returns the directory of the oracle output identified by parts
+// (see CacheDir). On a cache miss it looks for a Python with modules, only
+// then (importing PyTorch takes seconds), calls produce with that
+// interpreter and the directory, and marks the output complete; a produce
+// that fails the test leaves no partial output behind.
+func Cached(t testing.TB, modules []string, produce func(python, dir string), parts ...[]byte) string {
+	t.Helper()
+	dir, done := CacheDir(t, parts...)
+	if done {
+		return dir
+	}
+	complete := false
+	defer func() {
+		if !complete { // also on t.Fatal and t.Skip
+			os.RemoveAll(dir)
+		}
+	}()
+	produce(Python(t, modules...), dir)
+	MarkDone(t, dir)
+	complete = true
+	return dir
+}
+
+// ReadJSON decodes the JSON file at path (an oracle's manifest or results)
+// into v.
+func ReadJSON(t testing.TB, path string, v any) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
 }
