@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/e2mcvk/e2mcvk/internal/oracle"
 	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/vk"
 	"github.com/e2mcvk/e2mcvk/vk/vktest"
@@ -147,7 +146,6 @@ func TestDeviceMatchesReference(t *testing.T) {
 // TestDeviceMatchesTorch compares the device with the authors' formulation
 // run by PyTorch, on the shapes of the three methods, odd N and ties.
 func TestDeviceMatchesTorch(t *testing.T) {
-	py := oracle.Python(t, "torch", "numpy")
 	d := vktest.Device(t)
 	cases := append([]torchCase{
 		{n: 512, d: 8192, bound: BoundSigmoid, eps: DefaultEps}, // VICReg
@@ -157,7 +155,7 @@ func TestDeviceMatchesTorch(t *testing.T) {
 	for _, c := range cases {
 		t.Run(fmt.Sprintf("%dx%d-%v-ties=%v", c.n, c.d, c.bound, c.ties), func(t *testing.T) {
 			z := caseInput(c)
-			o := runTorch(t, py, c, z)
+			o := runTorch(t, c, z)
 			coef := Coefficients{Ent: 1, Cov: 25}
 			crit := &Criterion{Params: Params{Bound: c.bound, Eps: c.eps}, Coefficients: coef}
 			got, g := deviceView(t, d, z, c.n, c.d, crit)

@@ -2,7 +2,6 @@ package e2mc
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -54,7 +53,7 @@ func caseInput(c torchCase) []float32 {
 }
 
 // runTorch runs the oracle on z.
-func runTorch(t *testing.T, py string, c torchCase, z []float32) *torchOracle {
+func runTorch(t *testing.T, c torchCase, z []float32) *torchOracle {
 	t.Helper()
 	script, err := os.ReadFile("testdata/torch_reference.py")
 	if err != nil {
@@ -65,8 +64,7 @@ func runTorch(t *testing.T, py string, c torchCase, z []float32) *torchOracle {
 		t.Fatal(err)
 	}
 	args := []string{c.bound.String(), fmt.Sprint(c.eps), "0"}
-	dir, done := oracle.CacheDir(t, script, raw.Bytes(), []byte(strings.Join(args, " ")))
-	if !done {
+	dir := oracle.Cached(t, []string{"torch", "numpy"}, func(py, dir string) {
 		in := filepath.Join(dir, "z.npy")
 		if err := os.WriteFile(in, raw.Bytes(), 0o644); err != nil {
 			t.Fatal(err)
@@ -75,16 +73,9 @@ func runTorch(t *testing.T, py string, c torchCase, z []float32) *torchOracle {
 		if err := os.WriteFile(filepath.Join(dir, "result.json"), out, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		oracle.MarkDone(t, dir)
-	}
-	out, err := os.ReadFile(filepath.Join(dir, "result.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, script, raw.Bytes(), []byte(strings.Join(args, " ")))
 	var o torchOracle
-	if err := json.Unmarshal(out, &o); err != nil {
-		t.Fatalf("oracle output %q: %v", out, err)
-	}
+	oracle.ReadJSON(t, filepath.Join(dir, "result.json"), &o)
 	for name, dst := range map[string]*[]float64{"entropy": &o.entropy, "grad_entropy": &o.gradEntropy, "grad_cov": &o.gradCov} {
 		a, err := loader.ReadNpy(filepath.Join(dir, name+".npy"))
 		if err != nil {
@@ -116,11 +107,10 @@ func relErr(got, want []float64) float64 {
 // TestReferenceMatchesTorch checks the Go reference against the authors'
 // formulation run by PyTorch with autograd, ties included.
 func TestReferenceMatchesTorch(t *testing.T) {
-	py := oracle.Python(t, "torch", "numpy")
 	for _, c := range torchCases {
 		t.Run(fmt.Sprintf("%dx%d-%v-ties=%v", c.n, c.d, c.bound, c.ties), func(t *testing.T) {
 			z := caseInput(c)
-			o := runTorch(t, py, c, z)
+			o := runTorch(t, c, z)
 			r, err := Reference(widen(z), c.n, c.d, Params{Bound: c.bound, Eps: c.eps}, true)
 			if err != nil {
 				t.Fatal(err)

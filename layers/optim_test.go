@@ -609,7 +609,7 @@ type torchOptimOut struct {
 }
 
 // runTorchOptim runs the oracle on the test's inputs and cases (cached).
-func runTorchOptim(t *testing.T, py string, p0 [][][]float32, grads [][][][]float32) *torchOptimOut {
+func runTorchOptim(t *testing.T, p0 [][][]float32, grads [][][][]float32) *torchOptimOut {
 	t.Helper()
 	var in torchOptimIn
 	for gi, g := range optimGroups {
@@ -643,28 +643,18 @@ func runTorchOptim(t *testing.T, py string, p0 [][][]float32, grads [][][][]floa
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, done := oracle.CacheDir(t, script, raw)
-	if !done {
+	dir := oracle.Cached(t, []string{"torch", "numpy"}, func(py, dir string) {
 		inPath := filepath.Join(dir, "input.json")
 		if err := os.WriteFile(inPath, raw, 0o644); err != nil {
-			os.RemoveAll(dir)
 			t.Fatal(err)
 		}
 		out := oracle.RunFile(t, py, path, inPath)
 		if err := os.WriteFile(filepath.Join(dir, "output.json"), out, 0o644); err != nil {
-			os.RemoveAll(dir)
 			t.Fatal(err)
 		}
-		oracle.MarkDone(t, dir)
-	}
-	out, err := os.ReadFile(filepath.Join(dir, "output.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, script, raw)
 	var o torchOptimOut
-	if err := json.Unmarshal(out, &o); err != nil {
-		t.Fatalf("oracle output: %v", err)
-	}
+	oracle.ReadJSON(t, filepath.Join(dir, "output.json"), &o)
 	if len(o.Cases) != len(optimCases) {
 		t.Fatalf("oracle output has %d cases, want %d", len(o.Cases), len(optimCases))
 	}
@@ -675,9 +665,8 @@ func runTorchOptim(t *testing.T, py string, p0 [][][]float32, grads [][][][]floa
 // parameters and momentum buffers after each step with PyTorch's
 // torch.optim.SGD and the LARS and LARC classes of the methods' code.
 func TestOptimizerTorch(t *testing.T) {
-	py := oracle.Python(t, "torch", "numpy")
 	p0, grads := optimInputs()
-	o := runTorchOptim(t, py, p0, grads)
+	o := runTorchOptim(t, p0, grads)
 	for _, dev := range testDevices(t) {
 		for ci, c := range optimCases {
 			t.Run(dev.name+"/"+c.name, func(t *testing.T) {
