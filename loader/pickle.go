@@ -221,6 +221,30 @@ func (s *pickleScanner) popMark() error {
 	return nil
 }
 
+// memoIndex reads the memo index of a GET or PUT opcode: a decimal line
+// (GET, PUT), one byte (BINGET, BINPUT) or four (LONG_BINGET, LONG_BINPUT).
+func (s *pickleScanner) memoIndex(op byte) (uint64, error) {
+	switch op {
+	case 'g', 'p':
+		l, err := s.line()
+		if err != nil {
+			return 0, err
+		}
+		i, err := strconv.ParseUint(l, 10, 32)
+		if err != nil {
+			name := "GET"
+			if op == 'p' {
+				name = "PUT"
+			}
+			return 0, fmt.Errorf("%s index %q", name, l)
+		}
+		return i, nil
+	case 'h', 'q':
+		return s.uint(1)
+	}
+	return s.uint(4)
+}
+
 func (s *pickleScanner) get(i uint64) error {
 	v, ok := s.memo[i]
 	if !ok {
@@ -494,46 +518,14 @@ func (s *pickleScanner) step(op byte) (bool, error) {
 			return false, err
 		}
 		return false, s.push(sym{}, 128)
-	case 'g': // GET
-		l, err := s.line()
-		if err != nil {
-			return false, err
-		}
-		i, err := strconv.ParseUint(l, 10, 32)
-		if err != nil {
-			return false, fmt.Errorf("GET index %q", l)
-		}
-		return false, s.get(i)
-	case 'h': // BINGET
-		i, err := s.uint(1)
+	case 'g', 'h', 'j': // GET, BINGET, LONG_BINGET
+		i, err := s.memoIndex(op)
 		if err != nil {
 			return false, err
 		}
 		return false, s.get(i)
-	case 'j': // LONG_BINGET
-		i, err := s.uint(4)
-		if err != nil {
-			return false, err
-		}
-		return false, s.get(i)
-	case 'p': // PUT
-		l, err := s.line()
-		if err != nil {
-			return false, err
-		}
-		i, err := strconv.ParseUint(l, 10, 32)
-		if err != nil {
-			return false, fmt.Errorf("PUT index %q", l)
-		}
-		return false, s.put(i)
-	case 'q': // BINPUT
-		i, err := s.uint(1)
-		if err != nil {
-			return false, err
-		}
-		return false, s.put(i)
-	case 'r': // LONG_BINPUT
-		i, err := s.uint(4)
+	case 'p', 'q', 'r': // PUT, BINPUT, LONG_BINPUT
+		i, err := s.memoIndex(op)
 		if err != nil {
 			return false, err
 		}
