@@ -12,12 +12,16 @@
 #   --threads  PyTorch CPU threads (default: the number of cores)
 #   --cuda     time PyTorch on CUDA instead of the CPU
 #
+# Environment: VKBENCH names a vkbench binary built beforehand (for a machine
+# without Go); PYTHON the interpreter that has PyTorch (default
+# /usr/bin/python3, Debian's).
+#
 # The exit status is vkbench's: non-zero when any e2mcvk case failed.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-python=/usr/bin/python3
+python=${PYTHON:-/usr/bin/python3}
 
 vk_args=(--json)
 torch_args=(--json)
@@ -36,7 +40,11 @@ done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-(cd "$root" && go build -o "$tmp/vkbench" ./tools/vkbench)
+if [ -n "${VKBENCH:-}" ]; then
+  cp "$VKBENCH" "$tmp/vkbench"
+else
+  (cd "$root" && go build -o "$tmp/vkbench" ./tools/vkbench)
+fi
 list_args=(--list)
 for ((i = 0; i < ${#torch_args[@]}; i++)); do
   if [ "${torch_args[i]}" = --filter ]; then list_args+=(--filter "${torch_args[i + 1]}"); fi

@@ -226,6 +226,9 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="CPU threads (default: the number of cores, %(default)s)")
     p.add_argument("--cuda", action="store_true", help="run on the first CUDA device")
+    p.add_argument("--tf32", action="store_true",
+                   help="let CUDA matmuls and cuDNN convolutions use TF32 (off by default: e2mcvk "
+                        "computes in float32, so the comparison is float32 against float32)")
     p.add_argument("--json", action="store_true", help="print one JSON object per case and line")
     args = p.parse_args()
     if args.repeat < 1 or args.warmup < 0:
@@ -241,7 +244,11 @@ def main():
         device = torch.device("cuda")
         impl = "torch-cuda"
         name = torch.cuda.get_device_name(device)
-        driver = "CUDA %s, torch %s" % (torch.version.cuda, torch.__version__)
+        driver = "CUDA %s, torch %s, TF32 %s" % (torch.version.cuda, torch.__version__,
+                                                 "on" if args.tf32 else "off")
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cudnn.benchmark = True
     else:
         torch.set_num_threads(args.threads)
         device = torch.device("cpu")
