@@ -653,3 +653,62 @@ func BenchmarkPreprocessImageNet(b *testing.B) {
 		}
 	}
 }
+
+// TestPreprocessRealPhotos compares the evaluation transform (Resize,
+// CenterCrop, ToTensor, Normalize) with torchvision's on scikit-learn's two
+// sample photos, 640x427 real photographs, starting from the same decoded
+// pixels: the outputs must be bit-identical. Without scikit-learn the test
+// is skipped, except in CI (oracle.Cached; tools/setup.sh installs it).
+func TestPreprocessRealPhotos(t *testing.T) {
+	script, err := os.ReadFile("testdata/torch_preprocess.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := oracle.Cached(t, []string{"torch", "torchvision", "numpy", "PIL", "sklearn"}, func(py, dir string) {
+		oracle.RunFile(t, py, "testdata/torch_preprocess.py", "preprocess-photos", dir)
+	}, script, []byte("preprocess-photos"))
+	var manifest map[string][]int
+	oracle.ReadJSON(t, filepath.Join(dir, "manifest.json"), &manifest)
+	configs := map[string]Preprocess{"r256c224": {Resize: 256, Crop: 224}, "r93c91": {Resize: 93, Crop: 91}}
+	compared := 0
+	for _, name := range []string{"photo-china.jpg", "photo-flower.jpg"} {
+		shape := manifest[name+".rgb"]
+		if len(shape) != 3 || shape[2] != 3 {
+			t.Fatalf("%s: shape %v in the oracle's manifest", name, shape)
+		}
+		h, w := shape[0], shape[1]
+		raw, err := os.ReadFile(filepath.Join(dir, name+".rgb"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		img := image.NewRGBA(image.Rect(0, 0, w, h))
+		for i := 0; i < w*h; i++ {
+			copy(img.Pix[4*i:4*i+3], raw[3*i:3*i+3])
+			img.Pix[4*i+3] = 255
+		}
+		for cname, p := range configs {
+			got, oh, ow, err := p.Apply(img)
+			if err != nil {
+				t.Fatalf("%s %s: %v", name, cname, err)
+			}
+			want := oracle.ReadFloat32s(t, filepath.Join(dir, name+"."+cname+".f32"))
+			if ws := manifest[name+"."+cname+".f32"]; len(ws) != 3 || ws[1] != oh || ws[2] != ow || len(got) != len(want) {
+				t.Fatalf("%s %s: shape 3x%dx%d, torchvision %v", name, cname, oh, ow, ws)
+			}
+			differ, maxDiff := 0, 0.0
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					differ++
+					maxDiff = max(maxDiff, math.Abs(float64(got[i]-want[i])))
+				}
+			}
+			if differ > 0 {
+				t.Errorf("%s %s: %d of %d values differ from torchvision's (max %g)", name, cname, differ, len(want), maxDiff)
+			}
+			compared++
+		}
+	}
+	if compared != 4 {
+		t.Fatalf("%d comparisons, want 4", compared)
+	}
+}

@@ -9,6 +9,11 @@ imagefolder_test.go, fashionmnist_test.go). Run with Debian's /usr/bin/python3
                            float32 OUT/<image>.<config>.f32, PIL's
                            convert("RGB") bytes as OUT/<image>.rgb, and
                            OUT/manifest.json {file: shape}
+  preprocess-photos OUT    the same for scikit-learn's two sample photos
+                           (china.jpg, flower.jpg, as PIL decoded them: their
+                           RGB bytes as OUT/photo-<name>.rgb) and the
+                           ImageNet evaluation transform (Resize 256,
+                           CenterCrop 224) and PHOTO_CONFIGS
   imagefolder OUT ROOT     torchvision.datasets.ImageFolder(ROOT): classes and
                            samples (paths relative to ROOT) as OUT/folder.json
   fashion-mnist OUT DIR    reads DIR's gzipped IDX files with gzip + numpy
@@ -173,6 +178,40 @@ def preprocess(out, src):
         json.dump(manifest, f)
 
 
+# The real photos are 640x427: these downscale them by about 2.7x and 4.6x
+# (antialiased) and centre-crop at odd and even sizes.
+PHOTO_CONFIGS = {
+    "r256c224": (256, 224),
+    "r93c91": (93, 91),
+}
+
+
+def preprocess_photos(out):
+    import torch
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    from torchvision import transforms
+
+    torch.set_num_threads(1)
+    manifest = {}
+    photos = load_sample_images()
+    for fname, arr in zip(photos.filenames, photos.images):
+        name = "photo-" + os.path.basename(fname)
+        rgb = np.ascontiguousarray(arr, dtype=np.uint8)
+        rgb.tofile(os.path.join(out, name + ".rgb"))
+        manifest[name + ".rgb"] = list(rgb.shape)
+        img = Image.fromarray(rgb, "RGB")
+        for cname, (resize, crop) in PHOTO_CONFIGS.items():
+            t = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop), transforms.ToTensor(),
+                                    transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+            x = t(img)
+            f = f"{name}.{cname}.f32"
+            x.numpy().astype("<f4").tofile(os.path.join(out, f))
+            manifest[f] = list(x.shape)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+
+
 def imagefolder(out, root):
     from torchvision.datasets import ImageFolder
 
@@ -217,6 +256,8 @@ if __name__ == "__main__":
         make_images(*args)
     elif cmd == "preprocess":
         preprocess(*args)
+    elif cmd == "preprocess-photos":
+        preprocess_photos(*args)
     elif cmd == "imagefolder":
         imagefolder(*args)
     elif cmd == "fashion-mnist":
