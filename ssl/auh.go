@@ -99,7 +99,7 @@ func auhHost(views [][]float64, n, d int, t float64) (float64, [][]float64) {
 					d2 += diff * diff
 				}
 				w := math.Exp(-t * d2)
-				e[i*n+j], e[j*n+i] = w, w
+				e[i*n+j] = w
 				sum += w
 			}
 		}
@@ -109,14 +109,13 @@ func auhHost(views [][]float64, n, d int, t float64) (float64, [][]float64) {
 		g := make([]float64, n*d)
 		for i := range n {
 			gi, yi := g[i*d:(i+1)*d], y[i*d:(i+1)*d]
-			for j := range n {
-				if j == i {
-					continue
-				}
+			for j := i + 1; j < n; j++ {
 				w := f * e[i*n+j]
-				yj := y[j*d : (j+1)*d]
+				gj, yj := g[j*d:(j+1)*d], y[j*d:(j+1)*d]
 				for k := range gi {
-					gi[k] += w * (yi[k] - yj[k])
+					c := w * (yi[k] - yj[k])
+					gi[k] += c
+					gj[k] -= c
 				}
 			}
 		}
