@@ -3,17 +3,20 @@ package ssl
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
-	"github.com/e2mcvk/e2mcvk/e2mc"
 	"github.com/e2mcvk/e2mcvk/internal/oracle"
 	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/loader"
+	"github.com/e2mcvk/e2mcvk/vk"
 	"github.com/e2mcvk/e2mcvk/vk/vktest"
 )
 
@@ -153,245 +156,326 @@ func simsiamEntries(m *Model) []layers.StateEntry {
 }
 
 // simsiamHost downloads one state entry.
-func simsiamHost(t *testing.T, e layers.StateEntry) []float32 {
-	t.Helper()
-	ctx := context.Background()
+func simsiamHost(ctx context.Context, e layers.StateEntry) ([]float32, error) {
 	switch {
 	case e.Param != nil:
-		v, err := e.Param.Value.Download(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
+		return e.Param.Value.Download(ctx)
 	case e.Buffer != nil:
-		v, err := e.Buffer.Download(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
+		return e.Buffer.Download(ctx)
 	default:
-		return []float32{float32(*e.Count)}
+		return []float32{float32(*e.Count)}, nil
 	}
 }
 
-// TestSimSiamMatchesTorch loads an official-layout SimSiam checkpoint that
-// PyTorch wrote (a small ResNet-18 with randomised batch-norm state), takes
-// one training step of main_simsiam.py on two views, without and with E2MC
-// on z1 and z2, and compares with PyTorch's step from the same checkpoint:
-// the loss terms, every parameter's gradient, and every weight, running
-// statistic and counter after the SGD step.
-func TestSimSiamMatchesTorch(t *testing.T) {
-	dir, cases := simsiamOracle(t)
-	ctx := context.Background()
-	d := vktest.Device(t)
+// simsiamWant is one oracle case read into memory (so that replicas on
+// their goroutines need not touch the testing.T's fatal paths).
+type simsiamWant struct {
+	terms       map[string]float64
+	grad, after map[string][]float32
+}
+
+func simsiamLoad(t *testing.T, dir, name string, c simsiamCase) *simsiamWant {
+	t.Helper()
+	w := &simsiamWant{terms: c.Terms, grad: map[string][]float32{}, after: map[string][]float32{}}
+	for k := range c.Grad {
+		w.grad[k] = oracle.ReadFloat32s(t, filepath.Join(dir, name, "grad", k))
+	}
+	for k := range c.After {
+		w.after[k] = oracle.ReadFloat32s(t, filepath.Join(dir, name, "after", k))
+	}
+	return w
+}
+
+// simsiamSetup reads the oracle's checkpoint and views.
+func simsiamSetup(t *testing.T) (dir string, cases map[string]simsiamCase, parts *loader.Parts, cfg layers.ResNetConfig, x1, x2 []float32) {
+	t.Helper()
+	dir, cases = simsiamOracle(t)
 	root, err := loader.ReadPth(filepath.Join(dir, "checkpoint.pth"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	parts, err := loader.SplitCheckpoint(root, "")
-	if err != nil {
+	if parts, err = loader.SplitCheckpoint(root, ""); err != nil {
 		t.Fatal(err)
 	}
 	if parts.Layout != loader.LayoutSimSiam {
 		t.Fatalf("layout %s, want simsiam", parts.Layout)
 	}
-	cfg, err := loader.ResNetConfigFor(parts)
-	if err != nil {
+	if cfg, err = loader.ResNetConfigFor(parts); err != nil {
 		t.Fatal(err)
 	}
 	if want := (layers.ResNetConfig{Depth: 18, Width: 8, SmallStem: true, InChannels: 3}); cfg != want {
 		t.Fatalf("config %+v, want %+v", cfg, want)
 	}
-	views := [][]float32{simsiamView(t, filepath.Join(dir, "x1.npy")), simsiamView(t, filepath.Join(dir, "x2.npy"))}
-	lr, predLR := simsiamLRs()
+	return dir, cases, parts, cfg, simsiamView(t, filepath.Join(dir, "x1.npy")), simsiamView(t, filepath.Join(dir, "x2.npy"))
+}
 
+// simsiamReplica runs one replica's training step, from parts, on its rows
+// of the views (x1 and x2 hold them, rows each), in comm's group, with E2MC
+// when withE2MC, and checks it against PyTorch's step on the whole batch:
+// the global loss terms, the (averaged) gradients, and the state after the
+// SGD step. Mismatches are reported with t.Errorf; what stops the replica
+// is returned.
+func simsiamReplica(t *testing.T, label string, d *vk.Device, comm *Comm, parts *loader.Parts, cfg layers.ResNetConfig, x1, x2 []float32, rows int, withE2MC bool, want *simsiamWant) error {
+	ctx := context.Background()
+	lr, predLR := simsiamLRs()
+	// The default head sizes (2048, 512): the checkpoint's heads must win
+	// over them.
+	method, err := NewSimSiam(SimSiamOptions{})
+	if err != nil {
+		return err
+	}
+	model, err := method.NewModel(ctx, d, cfg, parts, rand.New(rand.NewPCG(1, 2)))
+	if err != nil {
+		return err
+	}
+	defer model.Release()
+	entries := simsiamEntries(model)
+	frozen := model.Heads[loader.HeadProjector].Linears[2].Bias
+	if frozen == nil || frozen.RequiresGrad() {
+		return fmt.Errorf("the projector's last bias is missing or trainable; SimSiam freezes it")
+	}
+	frozenBefore, err := frozen.Value.Download(ctx)
+	if err != nil {
+		return err
+	}
+
+	s, err := d.NewStream()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	tp := layers.NewTape(s)
+	defer tp.Release()
+	tp.SetCollective(ctx, comm)
+	st := &Step{Ctx: ctx, Tape: tp, Model: model, Comm: comm}
+	for _, v := range [][]float32{x1, x2} {
+		x, err := layers.FromHost(ctx, d, v, rows, 3, simsiamSize, simsiamSize)
+		if err != nil {
+			return err
+		}
+		defer x.Release()
+		st.Views = append(st.Views, layers.Constant(x))
+	}
+	if err := method.Prepare(st); err != nil {
+		return err
+	}
+	l, err := method.Loss(st)
+	if err != nil {
+		return err
+	}
+	if len(l.Embeddings) != 2 || !l.Embeddings[0].RequiresGrad() || !l.Embeddings[1].RequiresGrad() {
+		return fmt.Errorf("the embeddings must be z1 and z2 with their gradients")
+	}
+	total := l.Total
+	var pen *Penalty
+	if withE2MC {
+		reg, err := NewE2MC(d, "simsiam", simsiamEnt, simsiamCov)
+		if err != nil {
+			return err
+		}
+		defer reg.Release()
+		if pen, err = reg.Apply(st, l.Embeddings); err != nil {
+			return err
+		}
+		total = tp.Add(total, pen.Add)
+	}
+	term := l.Terms["simsiam"]
+	if term == nil {
+		return fmt.Errorf("no simsiam term")
+	}
+	tp.Keep(term)
+	defer func() { term.Value.Release() }()
+	if err := tp.Backward(total); err != nil {
+		return err
+	}
+	if err := method.BeforeUpdate(st); err != nil {
+		return err
+	}
+	groups := method.ParamGroups(model, simsiamWD, predLR)
+	if len(groups) != 2 || groups[1].FixedLR != predLR || groups[0].FixedLR != 0 {
+		return fmt.Errorf("param groups %+v: want the encoder's and the predictor's at a fixed rate", groups)
+	}
+	var params []*layers.Var
+	for _, g := range groups {
+		params = append(params, g.Params...)
+	}
+	defer func() {
+		for _, p := range params {
+			p.ZeroGrad()
+		}
+	}()
+	if err := layers.AverageGradients(ctx, s, params, comm); err != nil {
+		return err
+	}
+	opt, err := method.NewOptimizer(groups)
+	if err != nil {
+		return err
+	}
+	defer opt.Release()
+	// The gradients are read before the step, so that a wrong one is seen
+	// as such and not hidden in a small update.
+	if err := s.Run(ctx); err != nil {
+		return err
+	}
+	checked := 0
+	for _, e := range entries {
+		if e.Param == nil {
+			continue
+		}
+		w, ok := want.grad[e.Name]
+		switch {
+		case !ok && e.Param.Grad != nil:
+			t.Errorf("%s: %s took a gradient; PyTorch's took none", label, e.Name)
+		case ok && e.Param.Grad == nil:
+			t.Errorf("%s: %s took no gradient", label, e.Name)
+		case ok:
+			g, err := e.Param.Grad.Download(ctx)
+			if err != nil {
+				return err
+			}
+			simsiamNormClose(t, label+": gradient of "+e.Name, g, w, 3e-4)
+			checked++
+		}
+	}
+	if checked != len(want.grad) {
+		t.Errorf("%s: checked %d gradients of PyTorch's %d", label, checked, len(want.grad))
+	}
+
+	if err := opt.Step(s, lr); err != nil {
+		return err
+	}
+	if err := s.Run(ctx); err != nil {
+		return err
+	}
+	got, err := term.Value.Download(ctx)
+	if err != nil {
+		return err
+	}
+	terms := map[string]float64{"simsiam": float64(got[0]), "total": float64(got[0])}
+	if pen != nil {
+		if pen.ValueVar != nil {
+			return fmt.Errorf("the E2MC penalty's value is on the tape; the test reads host values")
+		}
+		terms["e2mc"] = pen.Value
+		terms["total"] += pen.Value
+		terms["ent"], terms["cov_e2mc"] = pen.HostTerms["ent"], pen.HostTerms["cov_e2mc"]
+	}
+	wantTerms := maps.Clone(want.terms)
+	if withE2MC {
+		wantTerms["ent"] = (wantTerms["entropy_a"] + wantTerms["entropy_b"]) / 2
+		wantTerms["cov_e2mc"] = wantTerms["cov_a"] + wantTerms["cov_b"]
+		delete(wantTerms, "entropy_a")
+		delete(wantTerms, "entropy_b")
+		delete(wantTerms, "cov_a")
+		delete(wantTerms, "cov_b")
+	}
+	for k, w := range wantTerms {
+		g, ok := terms[k]
+		if !ok {
+			t.Errorf("%s: term %s missing", label, k)
+			continue
+		}
+		if w == 0 || !(math.Abs(g-w) <= 1e-4*math.Abs(w)) {
+			t.Errorf("%s: term %s = %.8g, PyTorch %.8g", label, k, g, w)
+		}
+	}
+
+	checked = 0
+	for _, e := range entries {
+		w, ok := want.after[e.Name]
+		if !ok {
+			t.Errorf("%s: %s is not in PyTorch's state", label, e.Name)
+			continue
+		}
+		g, err := simsiamHost(ctx, e)
+		if err != nil {
+			return err
+		}
+		switch {
+		case len(w) != len(g):
+			t.Errorf("%s: %s has %d values, PyTorch's %d", label, e.Name, len(g), len(w))
+		case e.Count != nil:
+			if g[0] != w[0] {
+				t.Errorf("%s: %s = %v, PyTorch %v", label, e.Name, g[0], w[0])
+			}
+		default:
+			simsiamClose(t, label+": "+e.Name+" after the step", g, w, 1e-4, simsiamFloor)
+		}
+		checked++
+	}
+	if checked != len(want.after) {
+		t.Errorf("%s: checked %d state entries of PyTorch's %d", label, checked, len(want.after))
+	}
+	after, err := frozen.Value.Download(ctx)
+	if err != nil {
+		return err
+	}
+	if !slices.Equal(after, frozenBefore) {
+		t.Errorf("%s: the projector's frozen bias moved", label)
+	}
+	return nil
+}
+
+// TestSimSiamMatchesTorch loads an official-layout SimSiam checkpoint that
+// PyTorch wrote (a small ResNet-18 with randomised batch-norm state), takes
+// one training step of main_simsiam.py on two views, without and with E2MC
+// (the ssl regulariser) on z1 and z2, and compares with PyTorch's step from
+// the same checkpoint: the loss terms, every parameter's gradient, and
+// every weight, running statistic and counter after the SGD step.
+func TestSimSiamMatchesTorch(t *testing.T) {
+	dir, cases, parts, cfg, x1, x2 := simsiamSetup(t)
+	d := vktest.Device(t)
 	for _, name := range []string{"plain", "e2mc"} {
 		t.Run(name, func(t *testing.T) {
-			want, ok := cases[name]
+			c, ok := cases[name]
 			if !ok {
 				t.Fatalf("the oracle has no case %q", name)
 			}
-			// The default head sizes (2048, 512): the checkpoint's heads
-			// must win over them.
-			method, err := NewSimSiam(SimSiamOptions{})
-			if err != nil {
+			want := simsiamLoad(t, dir, name, c)
+			if err := simsiamReplica(t, name, d, NewGroup(1).Comm(0), parts, cfg, x1, x2, simsiamBatch, name == "e2mc", want); err != nil {
 				t.Fatal(err)
 			}
-			model, err := method.NewModel(ctx, d, cfg, parts, rand.New(rand.NewPCG(1, 2)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(model.Release)
-			entries := simsiamEntries(model)
-			frozen := model.Heads[loader.HeadProjector].Linears[2].Bias
-			if frozen == nil || frozen.RequiresGrad() {
-				t.Fatal("the projector's last bias is missing or trainable; SimSiam freezes it")
-			}
-			frozenBefore := simsiamHost(t, layers.StateEntry{Param: frozen})
+		})
+	}
+}
 
-			s, err := d.NewStream()
-			if err != nil {
-				t.Fatal(err)
+// TestSimSiamTwoReplicasMatchTorch takes the same steps on two replicas
+// (two logical devices, half of the batch each): with synchronised batch
+// norms, gathered embeddings for E2MC and averaged gradients, each replica
+// must end where PyTorch's single process on the whole batch does, and
+// report the whole batch's loss terms.
+func TestSimSiamTwoReplicasMatchTorch(t *testing.T) {
+	dir, cases, parts, cfg, x1, x2 := simsiamSetup(t)
+	d0 := vktest.Device(t)
+	devs := []*vk.Device{d0, vktest.Open(t, d0.Info.Index, 1)}
+	const rows = simsiamBatch / 2
+	per := 3 * simsiamSize * simsiamSize * rows
+	for _, name := range []string{"plain", "e2mc"} {
+		t.Run(name, func(t *testing.T) {
+			c, ok := cases[name]
+			if !ok {
+				t.Fatalf("the oracle has no case %q", name)
 			}
-			t.Cleanup(s.Close)
-			tp := layers.NewTape(s)
-			st := &Step{Ctx: ctx, Tape: tp, Model: model, Comm: NewGroup(1).Comm(0)}
-			for _, v := range views {
-				x, err := layers.FromHost(ctx, d, v, simsiamBatch, 3, simsiamSize, simsiamSize)
+			want := simsiamLoad(t, dir, name, c)
+			g := NewGroup(len(devs))
+			errs := make([]error, len(devs))
+			var wg sync.WaitGroup
+			for r, d := range devs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					label := fmt.Sprintf("%s, replica %d", name, r)
+					errs[r] = simsiamReplica(t, label, d, g.Comm(r), parts, cfg, x1[r*per:(r+1)*per], x2[r*per:(r+1)*per], rows, name == "e2mc", want)
+					if errs[r] != nil {
+						g.Abort(errs[r])
+					}
+				}()
+			}
+			wg.Wait()
+			for r, err := range errs {
 				if err != nil {
-					t.Fatal(err)
+					t.Errorf("replica %d: %v", r, err)
 				}
-				t.Cleanup(x.Release)
-				st.Views = append(st.Views, layers.Constant(x))
-			}
-			if err := method.Prepare(st); err != nil {
-				t.Fatal(err)
-			}
-			l, err := method.Loss(st)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(l.Embeddings) != 2 || !l.Embeddings[0].RequiresGrad() || !l.Embeddings[1].RequiresGrad() {
-				t.Fatal("the embeddings must be z1 and z2 with their gradients")
-			}
-			total := l.Total
-			var e2 *e2mc.Loss
-			if name == "e2mc" {
-				// TODO: switch to the ssl E2MC regularizer (NewE2MC(d,
-				// "simsiam", ent, cov)) once ssl/e2mc.go lands.
-				crit := &e2mc.Criterion{
-					Params:       e2mc.Params{Bound: e2mc.BoundNormal, Eps: e2mc.Float32Eps},
-					Coefficients: e2mc.Coefficients{Ent: simsiamEnt, Cov: simsiamCov},
-				}
-				z1, z2 := l.Embeddings[0], l.Embeddings[1]
-				var gs [2]*layers.Tensor
-				for i := range gs {
-					if gs[i], err = layers.New(d, z1.Shape()...); err != nil {
-						t.Fatal(err)
-					}
-					t.Cleanup(gs[i].Release)
-				}
-				if e2, err = crit.Loss(ctx, s, z1.Value, z2.Value, gs[0], gs[1]); err != nil {
-					t.Fatal(err)
-				}
-				total = tp.Add(total, tp.Add(Surrogate(tp, z1, gs[0]), Surrogate(tp, z2, gs[1])))
-			}
-			term := l.Terms["simsiam"]
-			if term == nil {
-				t.Fatal("no simsiam term")
-			}
-			tp.Keep(term)
-			if err := tp.Backward(total); err != nil {
-				t.Fatal(err)
-			}
-			if err := method.BeforeUpdate(st); err != nil {
-				t.Fatal(err)
-			}
-			groups := method.ParamGroups(model, simsiamWD, predLR)
-			if len(groups) != 2 || groups[1].FixedLR != predLR || groups[0].FixedLR != 0 {
-				t.Fatalf("param groups %+v: want the encoder's and the predictor's at a fixed rate", groups)
-			}
-			opt, err := method.NewOptimizer(groups)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(opt.Release)
-			// The gradients are read before the step, so that a wrong one is
-			// seen as such and not hidden in a small update.
-			if err := s.Run(ctx); err != nil {
-				t.Fatal(err)
-			}
-			checked := 0
-			for _, e := range entries {
-				if e.Param == nil {
-					continue
-				}
-				shape, ok := want.Grad[e.Name]
-				switch {
-				case !ok && e.Param.Grad != nil:
-					t.Errorf("%s took a gradient; PyTorch's took none", e.Name)
-				case ok && e.Param.Grad == nil:
-					t.Errorf("%s took no gradient", e.Name)
-				case ok:
-					g, err := e.Param.Grad.Download(ctx)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if fmt.Sprint(shape) != fmt.Sprint(e.Param.Shape()) {
-						t.Errorf("%s: shape %v, PyTorch's %v", e.Name, e.Param.Shape(), shape)
-						continue
-					}
-					simsiamNormClose(t, "gradient of "+e.Name, g, oracle.ReadFloat32s(t, filepath.Join(dir, name, "grad", e.Name)), 3e-4)
-					checked++
-				}
-			}
-			if checked != len(want.Grad) {
-				t.Errorf("checked %d gradients of PyTorch's %d", checked, len(want.Grad))
-			}
-
-			if err := opt.Step(s, lr); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Run(ctx); err != nil {
-				t.Fatal(err)
-			}
-			tp.Release()
-			for _, e := range entries {
-				if e.Param != nil {
-					e.Param.ZeroGrad()
-				}
-			}
-
-			got, err := term.Value.Download(ctx)
-			term.Value.Release()
-			if err != nil {
-				t.Fatal(err)
-			}
-			terms := map[string]float64{"simsiam": float64(got[0])}
-			if e2 != nil {
-				terms["entropy_a"], terms["entropy_b"] = e2.A.MeanEntropy, e2.B.MeanEntropy
-				terms["cov_a"], terms["cov_b"] = e2.A.CovLoss, e2.B.CovLoss
-				terms["e2mc"] = e2.Total
-			}
-			terms["total"] = terms["simsiam"] + terms["e2mc"]
-			for k, w := range want.Terms {
-				g, ok := terms[k]
-				if !ok {
-					t.Errorf("term %s missing", k)
-					continue
-				}
-				if math.Abs(g-w) > 1e-4*math.Abs(w) || w == 0 {
-					t.Errorf("term %s = %.8g, PyTorch %.8g", k, g, w)
-				}
-			}
-
-			checked = 0
-			for _, e := range entries {
-				shape, ok := want.After[e.Name]
-				if !ok {
-					t.Errorf("%s: not in PyTorch's state", e.Name)
-					continue
-				}
-				w := oracle.ReadFloat32s(t, filepath.Join(dir, name, "after", e.Name))
-				g := simsiamHost(t, e)
-				if len(w) != len(g) {
-					t.Errorf("%s: %d values, PyTorch's %v", e.Name, len(g), shape)
-					continue
-				}
-				if e.Count != nil {
-					if g[0] != w[0] {
-						t.Errorf("%s = %v, PyTorch %v", e.Name, g[0], w[0])
-					}
-				} else {
-					simsiamClose(t, e.Name+" after the step", g, w, 1e-4, simsiamFloor)
-				}
-				checked++
-			}
-			if checked != len(want.After) {
-				t.Errorf("checked %d state entries of PyTorch's %d", checked, len(want.After))
-			}
-			if after := simsiamHost(t, layers.StateEntry{Param: frozen}); fmt.Sprint(after) != fmt.Sprint(frozenBefore) {
-				t.Error("the projector's frozen bias moved")
 			}
 		})
 	}
