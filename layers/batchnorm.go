@@ -92,6 +92,18 @@ func (bn *BatchNorm) Release() {
 // The work is three passes over x forward (partial sums, then normalise: a
 // read and a read-write) and five backward (partial sums of dy and dy*xhat,
 // then dx); the per-channel steps between them are one small dispatch each.
+//
+// On a tape with a data-parallel group (Tape.SetCollective), training is
+// torch.nn.SyncBatchNorm: the mean and variance are those of the union of
+// all replicas' batches (the running statistics take the global unbiased
+// variance, so they stay the same on every replica), and the backward pass
+// sums sum(dy) and sum(dy * xhat) over the replicas for the input gradient,
+// while the weight and bias gradients are this replica's sums (see
+// parallel.go for why that is the right scale). Each replica's per-channel
+// count, mean and sum of squared deviations are merged on the host in
+// float64 (Chan's rule, in rank order), so a channel with a large mean and a
+// small spread keeps its digits as in the single-replica kernels. Either
+// pass then runs the stream once and makes one AllReduce.
 func (bn *BatchNorm) Forward(tp *Tape, x *Var, training bool) *Var {
 	if !tp.ok(x) {
 		return nil
@@ -121,7 +133,16 @@ func (bn *BatchNorm) Forward(tp *Tape, x *Var, training bool) *Var {
 	if y == nil || stats == nil {
 		return nil
 	}
-	if err := bnForward(tp.s, g, y, x.Value, w, b, bn.RunningMean, bn.RunningVar, stats, training, bn.Momentum, bn.Eps); err != nil {
+	// Synchronised over the replicas when training on a tape with a group;
+	// global is then the number of values per channel in all their batches.
+	sync := training && tp.parallel()
+	var global int
+	if sync {
+		global, err = bnForwardSync(tp, g, y, x.Value, w, b, bn.RunningMean, bn.RunningVar, stats, bn.Momentum, bn.Eps)
+	} else {
+		err = bnForward(tp.s, g, y, x.Value, w, b, bn.RunningMean, bn.RunningVar, stats, training, bn.Momentum, bn.Eps)
+	}
+	if err != nil {
 		tp.Fail(op, err)
 		return nil
 	}
@@ -156,7 +177,15 @@ func (bn *BatchNorm) Forward(tp *Tape, x *Var, training bool) *Var {
 				return nil
 			}
 		}
-		if err := bnBackward(tp.s, g, dx, dw, db, gy, xv, w, stats, training); err != nil {
+		var err error
+		if sync && dx != nil {
+			err = bnBackwardSync(tp, g, global, dx, dw, db, gy, xv, w, stats)
+		} else {
+			// Without dx nothing crosses replicas: the weight and bias
+			// gradients are this replica's sums either way.
+			err = bnBackward(tp.s, g, dx, dw, db, gy, xv, w, stats, training)
+		}
+		if err != nil {
 			tp.Fail(op, err)
 			return nil
 		}
@@ -338,6 +367,162 @@ func bnBackward(s *vk.Stream, g bnGeom, dx, dw, db, dy, x, w, stats *Tensor, tra
 	return bnApply(s, g, bnApplyBackward, dx, x, dy, stats)
 }
 
+// bnPartFloats are the float32 words of one Part (batchnorm_common.glsl):
+// shift, s1, s2 and the count n as uint32 bits.
+const bnPartFloats = 4
+
+// bnForwardSync records the training forward pass synchronised over the
+// tape's replicas: partial sums, a run and download, the global statistics
+// merged on the host, then the finalize and apply kernels from one uploaded
+// Part per channel. It returns the values per channel over all replicas.
+func bnForwardSync(tp *Tape, g bnGeom, y, x, w, b, rm, rv, stats *Tensor, momentum, eps float32) (int, error) {
+	s, ctx, coll := tp.s, tp.ctx, tp.coll
+	parts, nparts, err := bnReduceParts(s, g, bnReduceForward, x, nil, nil, true)
+	if err != nil {
+		return 0, err
+	}
+	host, err := tp.runDownload(parts)
+	parts.Release() // the run is over, or failed and waited for the device
+	if err != nil {
+		return 0, err
+	}
+	// This replica's count, mean and sum of squared deviations per channel
+	// (each Part's sums are about its own shift, a value of the channel),
+	// in its rank's slots of the exchanged vector.
+	rank, size := coll.Rank(), coll.Size()
+	all := make([]float64, 3*size*g.c)
+	for c := range g.c {
+		var n, mean, m2 float64
+		for p := range nparts {
+			q := host[(p*g.c+c)*bnPartFloats:]
+			nq := float64(math.Float32bits(q[3]))
+			if nq == 0 {
+				continue // a slot no workgroup wrote for this channel
+			}
+			s1, s2 := float64(q[1]), float64(q[2])
+			n, mean, m2 = chanMerge(n, mean, m2, nq, float64(q[0])+s1/nq, max(s2-s1*s1/nq, 0))
+		}
+		at := 3 * (rank*g.c + c)
+		all[at], all[at+1], all[at+2] = n, mean, m2
+	}
+	if err := coll.AllReduce(ctx, all); err != nil {
+		return 0, err
+	}
+	// The global statistics as one Part per channel: shift the float32
+	// nearest the mean, s1 the rest of the mean times n, so that the
+	// finalize kernel's mean = shift + s1/n keeps the digits float32 can
+	// hold of the large-mean channels too.
+	one := make([]float32, g.c*bnPartFloats)
+	global := 0
+	for c := range g.c {
+		var n, mean, m2 float64
+		for r := range size {
+			at := 3 * (r*g.c + c)
+			n, mean, m2 = chanMerge(n, mean, m2, all[at], all[at+1], all[at+2])
+		}
+		if n < 2 || n >= math.MaxUint32 {
+			return 0, fmt.Errorf("%v values per channel over the replicas", n)
+		}
+		global = int(n)
+		shift := float32(mean)
+		rest := mean - float64(shift)
+		one[c*bnPartFloats] = shift
+		one[c*bnPartFloats+1] = float32(n * rest)
+		one[c*bnPartFloats+2] = float32(m2 + n*rest*rest)
+		one[c*bnPartFloats+3] = math.Float32frombits(uint32(n))
+	}
+	gp, err := bnUploadParts(tp, one, g.c)
+	if err != nil {
+		return 0, err
+	}
+	if err := bnFinalize(s, g, bnFinalTrain, gp, 1, stats, w, b, rm, rv, nil, nil, momentum, eps, 0); err != nil {
+		return 0, err
+	}
+	return global, bnApply(s, g, bnApplyForward, y, x, nil, stats)
+}
+
+// bnBackwardSync records the training backward pass synchronised over the
+// tape's replicas: dw and db (unless nil) from this replica's sums, dx from
+// the sums over all replicas' global values per channel.
+func bnBackwardSync(tp *Tape, g bnGeom, global int, dx, dw, db, dy, x, w, stats *Tensor) error {
+	s, ctx, coll := tp.s, tp.ctx, tp.coll
+	parts, nparts, err := bnReduceParts(s, g, bnReduceBackward, x, dy, stats, true)
+	if err != nil {
+		return err
+	}
+	if dw != nil {
+		// The local sums for the parameters' gradients; the coefficients of
+		// dx it writes are overwritten below by the global ones.
+		if err := bnFinalize(s, g, bnFinalBackward, parts, nparts, stats, w, nil, nil, nil, dw, db, 0, 0, bnFlagTraining|bnFlagParams); err != nil {
+			s.AfterRun(parts.Release)
+			return err
+		}
+	}
+	host, err := tp.runDownload(parts)
+	parts.Release()
+	if err != nil {
+		return err
+	}
+	sums := make([]float64, 2*g.c) // sum(dy), sum(dy * xhat) per channel
+	for p := range nparts {
+		for c := range g.c {
+			q := host[(p*g.c+c)*bnPartFloats:]
+			sums[2*c] += float64(q[1])
+			sums[2*c+1] += float64(q[2])
+		}
+	}
+	if err := coll.AllReduce(ctx, sums); err != nil {
+		return err
+	}
+	one := make([]float32, g.c*bnPartFloats)
+	for c := range g.c {
+		one[c*bnPartFloats+1] = float32(sums[2*c])
+		one[c*bnPartFloats+2] = float32(sums[2*c+1])
+	}
+	gp, err := bnUploadParts(tp, one, g.c)
+	if err != nil {
+		return err
+	}
+	// The finalize kernel reads only the channels and the values per
+	// channel of the geometry: here those of the whole global batch.
+	gg := bnGeom{n: global, c: g.c, s: 1}
+	if err := bnFinalize(s, gg, bnFinalBackward, gp, 1, stats, w, nil, nil, nil, nil, nil, 0, 0, bnFlagTraining); err != nil {
+		return err
+	}
+	return bnApply(s, g, bnApplyBackward, dx, x, dy, stats)
+}
+
+// bnUploadParts uploads one Part per channel (values of [1, C, 4]) for the
+// finalize kernel to read, released once the stream has run.
+func bnUploadParts(tp *Tape, one []float32, c int) (*Tensor, error) {
+	gp, err := FromHost(tp.ctx, tp.Device(), one, 1, c, bnPartFloats)
+	if err != nil {
+		return nil, err
+	}
+	tp.s.AfterRun(gp.Release)
+	if _, off, err := Bind(gp, false); err != nil {
+		return nil, err
+	} else if off%4 != 0 {
+		return nil, fmt.Errorf("uploaded partial sums at element %d of their segment, not a multiple of 4", off)
+	}
+	return gp, nil
+}
+
+// chanMerge combines the count, mean and sum of squared deviations of two
+// sets of values (Chan, Golub and LeVeque's pairwise rule); an empty first
+// set takes the second as it is.
+func chanMerge(n, mean, m2, nq, meanq, m2q float64) (float64, float64, float64) {
+	if nq == 0 {
+		return n, mean, m2
+	}
+	if n == 0 {
+		return nq, meanq, m2q
+	}
+	nt := n + nq
+	delta := meanq - mean
+	return nt, mean + delta*(nq/nt), m2 + m2q + delta*delta*(n*(nq/nt))
+}
+
 // bnPiece is one dispatch of batchnorm_reduce.comp: a box of x over (row,
 // channel, plane position) lying in one segment of each operand, its
 // workgroup shape and its chunks of rows.
@@ -426,6 +611,13 @@ func bnShape(tu bnTuning, rows, cb, sb int) (wg, ty, chunk int) {
 // temporary released while recording could be handed to a tensor the caller
 // uploads to from the host before the recorded work has run).
 func bnReduce(s *vk.Stream, g bnGeom, op int, x, dy, stats *Tensor) (*Tensor, int, error) {
+	return bnReduceParts(s, g, op, x, dy, stats, false)
+}
+
+// bnReduceParts is bnReduce; with keep, the Parts are the caller's to
+// release (after running the stream: the synchronised batch norm downloads
+// them), except on error.
+func bnReduceParts(s *vk.Stream, g bnGeom, op int, x, dy, stats *Tensor, keep bool) (*Tensor, int, error) {
 	ops := []*Tensor{x}
 	if dy != nil {
 		if !slices.Equal(dy.shape, x.shape) || !dy.Contiguous() {
@@ -487,8 +679,15 @@ func bnReduce(s *vk.Stream, g bnGeom, op int, x, dy, stats *Tensor) (*Tensor, in
 	if err != nil {
 		return nil, 0, err
 	}
-	s.AfterRun(parts.Release)
-	fail := func(err error) (*Tensor, int, error) { return nil, 0, err }
+	if !keep {
+		s.AfterRun(parts.Release)
+	}
+	fail := func(err error) (*Tensor, int, error) {
+		if keep {
+			s.AfterRun(parts.Release)
+		}
+		return nil, 0, err
+	}
 	pArg, pOff, err := Bind(parts, true)
 	if err != nil {
 		return fail(fmt.Errorf("partial sums: %w", err))

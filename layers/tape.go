@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"context"
 	"fmt"
 	"slices"
 
@@ -78,6 +79,11 @@ type Tape struct {
 	// Release hands the pool back to the device after the run.
 	pool map[poolKey][]*vk.Buffer
 	err  error
+	// coll is the data-parallel group the tape's replica belongs to, nil
+	// for a single replica; ctx bounds the waits of its collectives (see
+	// SetCollective in parallel.go).
+	coll Collective
+	ctx  context.Context
 }
 
 // poolKey is what makes a pooled buffer fit a new tensor: its element count
