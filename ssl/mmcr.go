@@ -193,12 +193,6 @@ func mmcrHost(views [][]float64, n, d int) (float64, [][]float64) {
 	return -nuc, grads
 }
 
-// allGather gathers v over the tape's replica group.
-//
-// TODO: switch to tp.AllGather (layers/parallel.go) once it lands; until
-// then a tape has no collective and the gathered batch is the replica's.
-func allGather(tp *layers.Tape, v *layers.Var) *layers.Var { return v }
-
 // hostViews are a step's views gathered over the group: their tape Vars
 // and their values widened to float64, each [n, d] row-major.
 type hostViews struct {
@@ -207,9 +201,11 @@ type hostViews struct {
 	n, d int
 }
 
-// gatherToHost gathers every view of z over the group, runs the stream
-// recorded so far (recording goes on afterwards) and downloads the
-// gathered views.
+// gatherToHost gathers every view of z over the group (tp.AllGather: its
+// backward sums the gathered gradient over the replicas and keeps each
+// replica's rows, so every replica passes the gradient of the one global
+// loss), runs the stream recorded so far (recording goes on afterwards)
+// and downloads the gathered views.
 func gatherToHost(st *Step, z []*layers.Var) (*hostViews, error) {
 	tp := st.Tape
 	if err := tp.Err(); err != nil {
@@ -223,7 +219,7 @@ func gatherToHost(st *Step, z []*layers.Var) (*hostViews, error) {
 		if v == nil {
 			return nil, fmt.Errorf("view %d is nil", i)
 		}
-		g := allGather(tp, v)
+		g := tp.AllGather(v)
 		if err := tp.Err(); err != nil {
 			return nil, err
 		}
@@ -277,8 +273,11 @@ func gatherToHost(st *Step, z []*layers.Var) (*hostViews, error) {
 
 // surrogate uploads grads (one per gathered view, [n, d] row-major) and
 // records the sum of the views' Surrogates, the scalar whose gradient
-// carries them into the tape. The uploaded tensors are freed when the
-// stream next runs (the step's backward pass).
+// carries them into the tape. The uploaded tensors are freed at the end of
+// the stream's next run: the only kernels that read them are the
+// surrogate's forward and backward, which are recorded before any later
+// run (the step's, or the one an all-gather's backward makes, which comes
+// after the surrogate's backward in the reverse order).
 func (h *hostViews) surrogate(st *Step, grads [][]float64) (*layers.Var, error) {
 	tp := st.Tape
 	ctx := stepContext(st)

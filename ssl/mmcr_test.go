@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/e2mcvk/e2mcvk/internal/oracle"
@@ -324,4 +325,120 @@ func TestMMCRKnownValue(t *testing.T) {
 	if math.Abs(loss+n) > 1e-12 {
 		t.Errorf("loss %v, want %v", loss, -float64(n))
 	}
+}
+
+// TestRegularizersOverReplicas runs Apply on two replicas with unequal
+// shares of a prime batch (each on its own logical device, joined by a
+// Group): both report the global batch's value, and each replica's rows
+// receive the global gradient summed over the replicas (the all-gather's
+// backward; the Trainer's gradient averaging divides by the group size).
+func TestRegularizersOverReplicas(t *testing.T) {
+	base := testDevice(t)
+	devs := []*vk.Device{base, vktest.Open(t, base.Info.Index, 1)}
+	shares := []int{5, 8}
+	cases := []struct {
+		c     regCase
+		coeff float64
+	}{
+		{regCase{kind: "mmcr", views: 3, n: 13, d: 24}, 0.9},
+		{regCase{kind: "auh", views: 2, n: 13, d: 17, t: 3}, 1.1},
+	}
+	for _, tc := range cases {
+		c := tc.c
+		t.Run(c.name(), func(t *testing.T) {
+			x := regInput(c)
+			loss, grads := regHost(c, splitViews(x, c))
+			g := NewGroup(len(shares))
+			values := make([]float64, len(shares))
+			got := make([][]float32, len(shares))
+			errs := make([]error, len(shares))
+			var wg sync.WaitGroup
+			first := 0
+			for r, b := range shares {
+				wg.Add(1)
+				go func(r, b, first int) {
+					defer wg.Done()
+					values[r], got[r], errs[r] = regReplica(devs[r], g.Comm(r), c, tc.coeff, x, first, b)
+					if errs[r] != nil {
+						g.Abort(fmt.Errorf("replica %d failed", r))
+					}
+				}(r, b, first)
+				first += b
+			}
+			wg.Wait()
+			for r, err := range errs {
+				if err != nil {
+					t.Fatalf("replica %d: %v", r, err)
+				}
+			}
+			first = 0
+			for r, b := range shares {
+				if math.Abs(values[r]-tc.coeff*loss) > 1e-6*math.Abs(tc.coeff*loss) {
+					t.Errorf("replica %d: value %v, want %v", r, values[r], tc.coeff*loss)
+				}
+				var want, g64 []float64
+				for v := range c.views {
+					for _, w := range grads[v][first*c.d : (first+b)*c.d] {
+						want = append(want, float64(len(shares))*tc.coeff*w)
+					}
+				}
+				for _, w := range got[r] {
+					g64 = append(g64, float64(w))
+				}
+				e := regRelErr(t, g64, want)
+				t.Logf("replica %d gradient: relative error %.3g", r, e)
+				if e > 1e-4 {
+					t.Errorf("replica %d gradient: relative error %.3g > 1e-4", r, e)
+				}
+				first += b
+			}
+		})
+	}
+}
+
+// regReplica is one replica of TestRegularizersOverReplicas: it holds rows
+// [first, first+b) of every view of x ([views, n, d]) as one parameter,
+// applies the case's criterion and returns its value and the parameter's
+// gradient.
+func regReplica(d *vk.Device, comm *Comm, c regCase, coeff float64, x []float32, first, b int) (float64, []float32, error) {
+	ctx := context.Background()
+	var mine []float32
+	for v := range c.views {
+		mine = append(mine, x[(v*c.n+first)*c.d:(v*c.n+first+b)*c.d]...)
+	}
+	pt, err := layers.FromHost(ctx, d, mine, c.views*b, c.d)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer pt.Release()
+	p := layers.Param(pt)
+	defer p.ZeroGrad()
+	s, err := d.NewStream()
+	if err != nil {
+		return 0, nil, err
+	}
+	defer s.Close()
+	tp := layers.NewTape(s)
+	defer tp.Release()
+	tp.SetCollective(ctx, comm)
+	sizes := make([]int, c.views)
+	for i := range sizes {
+		sizes[i] = b
+	}
+	var reg Regularizer = NewAUH(coeff, c.t)
+	if c.kind == "mmcr" {
+		reg = NewMMCR(coeff)
+	}
+	pen, err := reg.Apply(&Step{Ctx: ctx, Tape: tp, Comm: comm}, tp.Split(p, sizes...))
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := tp.Backward(pen.Add); err != nil {
+		return 0, nil, err
+	}
+	if err := s.Run(ctx); err != nil {
+		return 0, nil, err
+	}
+	g, err := p.Grad.Download(ctx)
+	return pen.Value, g, err
 }
