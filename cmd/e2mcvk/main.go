@@ -55,6 +55,7 @@ type cli struct {
 	Entropy entropyCmd `cmd:"" help:"Per-dimension m-spacing entropy, covariance loss and effective rank of an N x D .npy array."`
 	Embed   embedCmd   `cmd:"" help:"Embeddings of a data set with a checkpoint's backbone or projector, as an N x D .npy array."`
 	Convert convertCmd `cmd:"" help:"Convert a checkpoint between PyTorch .pth and e2mcvk .safetensors."`
+	Train   trainCmd   `cmd:"" help:"Train a self-supervised model (VICReg, SwAV, SimSiam) with E2MC or another criterion, from scratch or from a checkpoint."`
 }
 
 // description is the top-level help text.

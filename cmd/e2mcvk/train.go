@@ -1,0 +1,483 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/e2mcvk/e2mcvk/layers"
+	"github.com/e2mcvk/e2mcvk/loader"
+)
+
+// defaultSteps is the length of a run given neither --steps nor --epochs:
+// the default run's, a few minutes on a two-core CPU with lavapipe.
+const defaultSteps = 200
+
+// poisonEnv names a test hook: the step whose batch is filled with NaN,
+// to exercise the non-finite-loss path end to end.
+const poisonEnv = "E2MCVK_TRAIN_POISON_STEP"
+
+// trainCmd is `e2mcvk train`. The JSON names are how a run's flags are
+// kept in its checkpoint (loader.MetaArgs) for --resume.
+type trainCmd struct {
+	Method    string   `name:"method" enum:"vicreg,swav,simsiam" default:"vicreg" help:"Self-supervised method: vicreg, swav or simsiam."`
+	Criterion string   `name:"criterion" enum:"e2mc,vcreg,mmcr,auh,none" default:"e2mc" help:"Criterion added to the method's loss: e2mc, vcreg, mmcr, auh or none."`
+	EntCoeff  *float64 `name:"ent-coeff" placeholder:"X" help:"Weight of the criterion's entropy term (default: the method's: VICReg 10, SwAV 10, SimSiam 1)."`
+	CovCoeff  *float64 `name:"cov-coeff" placeholder:"X" help:"Weight of the criterion's covariance term (default: the method's: VICReg 1, SwAV 1, SimSiam 25)."`
+
+	From       string `name:"from" type:"existingfile" placeholder:"C" help:"Continue from this checkpoint (an official VICReg, SwAV or SimSiam .pth, a torchvision state dict or an e2mcvk .safetensors): backbone, heads, epoch and (e2mcvk files only) optimizer state. Without it, training starts from random weights."`
+	Layout     string `name:"layout" default:"" placeholder:"L" help:"Layout of --from, detected when empty."`
+	MLP        string `name:"mlp" default:"" placeholder:"A-B-C" help:"Sizes of the projector's (VICReg: expander's) layers where the checkpoint has none (default: the method's official ones, except 512-512-512 for VICReg from scratch)."`
+	Dim        int    `name:"dim" default:"0" help:"Output size of the projector where the checkpoint has none (0: the method's)."`
+	PredDim    int    `name:"pred-dim" default:"0" help:"Hidden size of SimSiam's predictor where the checkpoint has none (0: 512)."`
+	Prototypes int    `name:"prototypes" default:"0" help:"Number of SwAV's prototypes where the checkpoint has none (0: 3000)."`
+
+	LR        *float64 `name:"lr" placeholder:"X" help:"Base learning rate (default: the method's); VICReg and SimSiam scale it by --batch-size/256 as their scripts do."`
+	PredLR    float64  `name:"pred-lr" default:"0.05" help:"SimSiam's predictor learning rate, scaled like --lr and held fixed."`
+	WD        *float64 `name:"wd" placeholder:"X" help:"Weight decay (default: the method's)."`
+	Schedule  string   `name:"schedule" enum:"constant,cosine" default:"constant" help:"Learning-rate schedule: constant, or a half cosine to 0 over the run's steps."`
+	Epochs    int      `name:"epochs" default:"0" help:"Train until this epoch, counted as the official scripts count them (a checkpoint of epoch E continues with epoch E+1)."`
+	Steps     int      `name:"steps" default:"0" help:"Train this many steps instead (default without --epochs: 200)."`
+	BatchSize int      `name:"batch-size" default:"64" help:"Global batch size, split evenly over the devices."`
+	Seed      uint64   `name:"seed" default:"0" help:"Seed of the initial weights, the data order and the augmentations."`
+	Arch      string   `name:"arch" enum:"resnet18,resnet34,resnet50" default:"resnet18" help:"Backbone from scratch: resnet18, resnet34 or resnet50 (with --from: the checkpoint's)."`
+	Width     int      `name:"width" default:"16" help:"Channels of the backbone's stem from scratch (torchvision: 64)."`
+	Stem      string   `name:"stem" enum:"auto,small,imagenet" default:"auto" help:"Backbone stem from scratch: small (3x3 conv, no max pool), imagenet (7x7 stride 2 and max pool), or auto: small up to 64 px."`
+	ImageSize int      `name:"image-size" default:"32" help:"Size of the large views; the methods' 224 px crops become this, SwAV's 96 px crops are scaled alike."`
+	Data      string   `name:"data" default:"fashion-mnist:train" placeholder:"SPEC" help:"Training images: fashion-mnist:train, cifar10:DIR:train, an ImageFolder DIR or DIR@LIST.txt."`
+	Out       string   `name:"out" default:"e2mcvk-run" placeholder:"DIR" help:"Run directory: last.safetensors (+ optimizer and method state), metrics.jsonl, loss.png, entropy.png."`
+	Device    string   `name:"device" default:"0" placeholder:"I,J" help:"Devices to train on, comma-separated (see e2mcvk devices); 0,0 makes two replicas on device 0."`
+	Resume    bool     `name:"resume" help:"Continue the run in --out where its last checkpoint left it; the run's settings come from the checkpoint."`
+	SaveEvery int      `name:"save-every" default:"100" help:"Also save the run state every N steps (0: only each epoch and at the end)."`
+	LogEvery  int      `name:"log-every" default:"10" help:"Log to metrics.jsonl and stderr every N steps (the first and last always)."`
+	NoAugment bool     `name:"no-augment" help:"No augmentation: every view is the image resized (shorter side) and centre-cropped to its size, then normalised."`
+	NoShuffle bool     `name:"no-shuffle" help:"Take the images in data-set order."`
+	Workers   int      `name:"workers" default:"0" help:"Image-decoding goroutines (0: one a CPU)."`
+}
+
+// Help is the long help of `e2mcvk train --help`.
+func (trainCmd) Help() string {
+	return `Trains a self-supervised model (VICReg, SwAV or SimSiam) with an added
+criterion (E2MC by default), from scratch or continuing a checkpoint, on one
+or more Vulkan devices.
+
+Without flags it runs a small job that shows the whole loop in a few minutes
+on a CPU: VICReg + E2MC on Fashion-MNIST, a ResNet-18 of width 16 with the
+small stem, 32 px views, a 512-512-512 expander, batch 64, ` + strconv.Itoa(defaultSteps) + ` steps, into
+./e2mcvk-run.
+
+The run directory (--out) receives last.safetensors (the model; e2mcvk embed,
+eval and convert read it) with its optimizer and data-order state, written
+atomically every epoch, every --save-every steps and at the end;
+metrics.jsonl (one JSON object per logged step: step, epoch, lr, loss, each
+loss term, the mean entropy where the criterion measures it, images_per_s);
+loss.png and entropy.png at the end. --resume continues a run, killed or
+interrupted, with the very batches and losses of an uninterrupted one.
+
+A non-finite loss stops the run naming the step and the term, keeping the last
+good checkpoint; running out of device memory suggests a batch size that fits.
+An interrupt (Ctrl-C) saves the last completed step.
+
+Official optimizer states in .pth files are not loaded (the optimizer starts
+afresh); e2mcvk's own checkpoints carry theirs.`
+}
+
+// trainPlan is a run worked out from the flags, before any device work.
+type trainPlan struct {
+	data     loader.Dataset
+	views    []loader.View // the method's views at the run's sizes
+	backbone layers.ResNetConfig
+	devices  []int
+	// from is the model to start from (a checkpoint, or the run's own
+	// state when resuming); nil starts from random weights.
+	from      *loader.Parts
+	optimizer *layers.OptimizerState       // from's optimizer state, nil for none
+	method    map[string]layers.HostTensor // the method's saved state (resume)
+	pos       runPosition                  // where the run starts
+	resumed   bool
+	notes     []string
+	mlp       string // the projector's sizes where from has none
+	args      string // the run's flags as JSON, for the checkpoint
+	poison    int    // the test hook's step, -1 when off
+}
+
+// Run trains.
+func (c *trainCmd) Run(e *env) error {
+	p, err := c.plan(e)
+	if err != nil {
+		return err
+	}
+	return c.train(e, p)
+}
+
+// runtimeFlags are the flags a resumed run takes from its command line;
+// every other flag comes from the checkpoint.
+func (c *trainCmd) keepRuntimeFlags(saved *trainCmd) {
+	saved.Out, saved.Resume, saved.Device = c.Out, c.Resume, c.Device
+	saved.SaveEvery, saved.LogEvery, saved.Workers = c.SaveEvery, c.LogEvery, c.Workers
+	*c = *saved
+}
+
+// plan checks the flags and works out the run.
+func (c *trainCmd) plan(e *env) (*trainPlan, error) {
+	p := &trainPlan{poison: -1}
+	if c.Resume && c.From != "" {
+		return nil, usageError{errors.New("--resume and --from: a resumed run continues from its own checkpoint")}
+	}
+	ckpt := filepath.Join(c.Out, checkpointName)
+	if c.Resume {
+		st, notes, err := loadRunState(c.Out)
+		if err != nil {
+			return nil, err
+		}
+		var saved trainCmd
+		if err := json.Unmarshal([]byte(st.Meta[loader.MetaArgs]), &saved); err != nil {
+			return nil, fmt.Errorf("%s: the run's flags in its metadata: %w", ckpt, err)
+		}
+		c.keepRuntimeFlags(&saved)
+		if st.Optimizer == nil {
+			notes = append(notes, "resuming without optimizer state: the momentum starts afresh, so the losses will differ from an uninterrupted run's")
+		}
+		p.from, p.optimizer, p.method, p.pos, p.resumed, p.notes = st.Model, st.Optimizer, st.Method, st.Pos, true, notes
+	} else if _, err := os.Stat(ckpt); err == nil {
+		return nil, fmt.Errorf("%s already holds a run (%s): continue it with --resume, or choose another --out", c.Out, checkpointName)
+	}
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	if s := os.Getenv(poisonEnv); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%s=%q: want a step number", poisonEnv, s)
+		}
+		p.poison = n
+	}
+	devs, err := parseDevices(c.Device)
+	if err != nil {
+		return nil, err
+	}
+	if c.BatchSize%len(devs) != 0 {
+		return nil, usageError{fmt.Errorf("--batch-size %d does not split evenly over %d devices", c.BatchSize, len(devs))}
+	}
+	p.devices = devs
+	if p.data, err = loader.ParseDataSpec(c.Data); err != nil {
+		return nil, err
+	}
+	nb := p.data.Len() / c.BatchSize
+	if nb == 0 {
+		return nil, fmt.Errorf("%s holds %d images, fewer than one batch of %d", c.Data, p.data.Len(), c.BatchSize)
+	}
+	if p.views, err = scaledViews(c.Method, c.ImageSize); err != nil {
+		return nil, err
+	}
+	if !p.resumed && c.From != "" {
+		parts, err := readCheckpoint(c.From, c.Layout)
+		if err != nil {
+			return nil, err
+		}
+		p.from, p.notes = parts, parts.Notes
+		if strings.HasSuffix(c.From, ".safetensors") {
+			if ck, err := loader.ReadCheckpoint(c.From); err == nil && ck.OptState != nil {
+				p.optimizer = ck.OptState
+			}
+		} else if parts.Optimizer != nil {
+			p.notes = append(p.notes, "the checkpoint's PyTorch optimizer state is not loaded: the optimizer starts afresh")
+		}
+	}
+	if p.from != nil {
+		if p.backbone, err = loader.ResNetConfigFor(p.from); err != nil {
+			return nil, err
+		}
+		if p.backbone.InChannels != 3 {
+			return nil, fmt.Errorf("the checkpoint's backbone takes %d-channel images; training feeds RGB", p.backbone.InChannels)
+		}
+		p.backbone.Classes = 0
+	} else {
+		depth, _ := strconv.Atoi(strings.TrimPrefix(c.Arch, "resnet"))
+		small := c.Stem == "small" || (c.Stem == "auto" && c.ImageSize <= 64)
+		p.backbone = layers.ResNetConfig{Depth: depth, Width: c.Width, SmallStem: small, InChannels: 3}
+	}
+	p.mlp = c.MLP
+	if p.mlp == "" && c.Method == "vicreg" && c.From == "" {
+		// The official 8192-8192-8192 expander has 200M weights: far
+		// too many for a run from scratch on small images.
+		p.mlp = "512-512-512"
+	}
+	if !p.resumed {
+		// A checkpoint of epoch E continues with epoch E (counted from
+		// 0), at the step the official scripts would be at.
+		p.pos = runPosition{Seed: c.Seed}
+		if p.from != nil && p.from.Epoch > 0 {
+			p.pos.Epoch = p.from.Epoch
+			p.pos.Step = p.from.Epoch * nb
+		}
+		if p.optimizer != nil {
+			p.pos.Step = p.optimizer.Steps
+		}
+		p.pos.Start = p.pos.Step
+		switch {
+		case c.Epochs > 0:
+			if c.Epochs <= p.pos.Epoch {
+				return nil, fmt.Errorf("--epochs %d: the checkpoint has %d epochs already", c.Epochs, p.pos.Epoch)
+			}
+			p.pos.End = p.pos.Step + (c.Epochs-p.pos.Epoch)*nb
+		case c.Steps > 0:
+			p.pos.End = p.pos.Step + c.Steps
+		default:
+			p.pos.End = p.pos.Step + defaultSteps
+		}
+	}
+	if p.pos.Batch >= nb {
+		return nil, fmt.Errorf("%s: batch %d of an epoch of %d batches: the data set or the batch size changed", ckpt, p.pos.Batch, nb)
+	}
+	args, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("encode the flags: %w", err)
+	}
+	p.args = string(args)
+	return p, nil
+}
+
+// check validates the flags' values beyond their types.
+func (c *trainCmd) check() error {
+	bad := func(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+	switch {
+	case c.Epochs < 0 || c.Steps < 0:
+		return bad("--epochs and --steps must not be negative")
+	case c.Epochs > 0 && c.Steps > 0:
+		return bad("--epochs and --steps: give one of them")
+	case c.BatchSize < 2:
+		return bad("--batch-size %d: want at least 2 (batch statistics need two images)", c.BatchSize)
+	case c.ImageSize < 8:
+		return bad("--image-size %d: want at least 8", c.ImageSize)
+	case c.Width < 1:
+		return bad("--width %d: want at least 1", c.Width)
+	case c.SaveEvery < 0 || c.LogEvery < 1:
+		return bad("--save-every must not be negative and --log-every must be at least 1")
+	case c.Workers < 0:
+		return bad("--workers %d must not be negative", c.Workers)
+	case c.Dim < 0 || c.PredDim < 0 || c.Prototypes < 0:
+		return bad("--dim, --pred-dim and --prototypes must not be negative")
+	case c.PredLR < 0 || (c.LR != nil && *c.LR < 0) || (c.WD != nil && *c.WD < 0):
+		return bad("learning rates and weight decay must not be negative")
+	}
+	return nil
+}
+
+// parseDevices parses --device: a comma-separated list of device indices.
+func parseDevices(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		i, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || i < 0 {
+			return nil, usageError{fmt.Errorf("--device %q: want device indices separated by commas, such as 0 or 0,1", s)}
+		}
+		out = append(out, i)
+	}
+	return out, nil
+}
+
+// scaledViews returns the method's training views with their sizes scaled
+// from the official 224 px to size (SwAV's 96 px crops to round(96/224 *
+// size)).
+func scaledViews(method string, size int) ([]loader.View, error) {
+	vs, err := loader.Views(method)
+	if err != nil {
+		return nil, err
+	}
+	for i := range vs {
+		vs[i].Size = int(math.Round(float64(vs[i].Size) * float64(size) / 224))
+		if vs[i].Size < 1 {
+			return nil, fmt.Errorf("--image-size %d leaves view %d of %s empty", size, i, method)
+		}
+	}
+	return vs, nil
+}
+
+// batchStream is an epoch's batches: a loader.BatchIter, or a plainStream
+// for --no-augment and --no-shuffle.
+type batchStream interface {
+	Next() bool
+	Batch() *loader.Batch
+	Err() error
+	Close() error
+}
+
+// dataSource gives each epoch's batches, from any batch on.
+type dataSource struct {
+	pipe      *loader.Pipeline
+	noAugment bool
+	noShuffle bool
+}
+
+func newDataSource(c *trainCmd, p *trainPlan, log io.Writer) *dataSource {
+	return &dataSource{
+		pipe: &loader.Pipeline{
+			Data: p.data, Views: p.views, BatchSize: c.BatchSize, Seed: c.Seed,
+			Workers: c.Workers, Log: log,
+		},
+		noAugment: c.NoAugment,
+		noShuffle: c.NoShuffle,
+	}
+}
+
+// epoch starts epoch's batches from batch start.
+func (s *dataSource) epoch(ctx context.Context, epoch, start int) (batchStream, error) {
+	if !s.noAugment && !s.noShuffle {
+		return s.pipe.Epoch(ctx, epoch, start)
+	}
+	// loader.Pipeline always shuffles and augments: the fidelity modes
+	// build their batches here, one at a time, the same way.
+	order := s.pipe.Order(epoch)
+	if s.noShuffle {
+		for i := range order {
+			order[i] = i
+		}
+	}
+	return &plainStream{ctx: ctx, src: s, epoch: epoch, order: order, next: start}, nil
+}
+
+// plainStream builds the batches of --no-augment or --no-shuffle: batch k
+// holds the images order[k*B : (k+1)*B]; an unreadable image is an error.
+type plainStream struct {
+	ctx   context.Context
+	src   *dataSource
+	epoch int
+	order []int
+	next  int
+	batch *loader.Batch
+	err   error
+}
+
+func (it *plainStream) Next() bool {
+	it.batch = nil
+	p := it.src.pipe
+	if it.err != nil || it.next >= p.NumBatches() {
+		return false
+	}
+	if it.err = it.ctx.Err(); it.err != nil {
+		return false
+	}
+	k, bs := it.next, p.BatchSize
+	idx := it.order[k*bs : (k+1)*bs]
+	b := &loader.Batch{Number: k, Samples: idx, Views: make([][]float32, len(p.Views)), Sizes: make([]int, len(p.Views))}
+	for _, i := range idx {
+		b.Labels = append(b.Labels, p.Data.Label(i))
+	}
+	for v, view := range p.Views {
+		b.Sizes[v] = view.Size
+	}
+	if it.src.noAugment {
+		it.err = it.fillPlain(b)
+	} else {
+		it.err = it.fillAugmented(b)
+	}
+	if it.err != nil {
+		it.err = fmt.Errorf("batch %d of epoch %d: %w", k, it.epoch, it.err)
+		return false
+	}
+	it.batch = b
+	it.next++
+	return true
+}
+
+// fillPlain fills every view with the images resized and centre-cropped to
+// the view's size, decoding once per distinct size.
+func (it *plainStream) fillPlain(b *loader.Batch) error {
+	bySize := map[int][]float32{}
+	for v, s := range b.Sizes {
+		if x, ok := bySize[s]; ok {
+			b.Views[v] = x
+			continue
+		}
+		x, _, _, err := loader.LoadBatch(it.ctx, it.src.pipe.Data, b.Samples, loader.Preprocess{Resize: s, Crop: s}, it.src.pipe.Workers)
+		if err != nil {
+			return err
+		}
+		bySize[s], b.Views[v] = x, x
+	}
+	return nil
+}
+
+// fillAugmented augments the images in data-set order with the pipeline's
+// views and randomness (loader.ViewRNG), on worker goroutines.
+func (it *plainStream) fillAugmented(b *loader.Batch) error {
+	p := it.src.pipe
+	for v, s := range b.Sizes {
+		b.Views[v] = make([]float32, len(b.Samples)*3*s*s)
+	}
+	workers := p.Workers
+	if workers == 0 {
+		workers = runtime.NumCPU()
+	}
+	errs := make([]error, len(b.Samples))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range next {
+				errs[j] = it.augment(b, j)
+			}
+		}()
+	}
+	for j := range b.Samples {
+		next <- j
+	}
+	close(next)
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (it *plainStream) augment(b *loader.Batch, j int) error {
+	p := it.src.pipe
+	i := b.Samples[j]
+	img, err := p.Data.Image(i)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.Data.Name(i), err)
+	}
+	rgb := loader.ToRGB(img)
+	for v, view := range p.Views {
+		out, err := view.Apply(rgb, loader.ViewRNG(p.Seed, it.epoch, i, v))
+		if err != nil {
+			return fmt.Errorf("%s: view %d: %w", p.Data.Name(i), v, err)
+		}
+		per := 3 * b.Sizes[v] * b.Sizes[v]
+		if err := out.Normalize(b.Views[v][j*per : (j+1)*per]); err != nil {
+			return fmt.Errorf("%s: view %d: %w", p.Data.Name(i), v, err)
+		}
+	}
+	return nil
+}
+
+func (it *plainStream) Batch() *loader.Batch { return it.batch }
+func (it *plainStream) Err() error           { return it.err }
+func (it *plainStream) Close() error         { return nil }
+
+// schedule returns the run's per-step learning rate: lr throughout, or a
+// half cosine from lr at the run's first step to 0 at its last.
+func (c *trainCmd) schedule(lr float64, pos runPosition) layers.Schedule {
+	if c.Schedule == "cosine" {
+		return shiftedSchedule{layers.WarmupCosine{Base: lr, Start: lr, Total: pos.End - pos.Start}, pos.Start}
+	}
+	return layers.ConstantLR(lr)
+}
+
+// shiftedSchedule runs s from step from on: a continued run's schedule
+// starts where the checkpoint's step count stands.
+type shiftedSchedule struct {
+	s    layers.Schedule
+	from int
+}
+
+func (s shiftedSchedule) LR(step int) float64 { return s.s.LR(step - s.from) }

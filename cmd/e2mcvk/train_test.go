@@ -1,0 +1,371 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"image"
+	"image/color"
+	"image/png"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/e2mcvk/e2mcvk/layers"
+	"github.com/e2mcvk/e2mcvk/loader"
+	"github.com/e2mcvk/e2mcvk/vk/vktest"
+)
+
+// trainImages writes an ImageFolder of n random RGB images of w x h pixels
+// in two classes, and returns its root.
+func trainImages(t *testing.T, n, w, h int) string {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "images")
+	rng := rand.New(rand.NewPCG(7, uint64(n)))
+	for i := range n {
+		dir := filepath.Join(root, []string{"a", "b"}[i%2])
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		img := image.NewRGBA(image.Rect(0, 0, w, h))
+		for y := range h {
+			for x := range w {
+				img.Set(x, y, color.RGBA{uint8(rng.IntN(256)), uint8(rng.IntN(256)), uint8(rng.IntN(256)), 255})
+			}
+		}
+		var b bytes.Buffer
+		if err := png.Encode(&b, img); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, strings.Repeat("x", 1+i/10)+string(rune('a'+i%10))+".png"), b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+// TestTrainUsageErrors checks that bad command lines fail with one line
+// naming the problem, before any training.
+func TestTrainUsageErrors(t *testing.T) {
+	data := trainImages(t, 12, 10, 10)
+	dir := t.TempDir()
+	taken := filepath.Join(dir, "taken")
+	os.MkdirAll(taken, 0o755)
+	os.WriteFile(filepath.Join(taken, checkpointName), []byte("x"), 0o644)
+	cases := map[string]struct {
+		args []string
+		want string
+	}{
+		"method":           {[]string{"--method", "byol"}, "byol"},
+		"criterion":        {[]string{"--criterion", "barlow"}, "barlow"},
+		"epochs and steps": {[]string{"--epochs", "2", "--steps", "3"}, "--epochs and --steps"},
+		"uneven split":     {[]string{"--batch-size", "5", "--device", "0,0"}, "split evenly"},
+		"bad device":       {[]string{"--device", "0,x"}, "--device"},
+		"tiny batch":       {[]string{"--batch-size", "1"}, "--batch-size 1"},
+		"resume nothing":   {[]string{"--resume", "--out", filepath.Join(dir, "empty")}, "no checkpoint to resume"},
+		"run exists":       {[]string{"--out", taken}, "--resume"},
+		"resume and from":  {[]string{"--resume", "--from", filepath.Join(taken, checkpointName), "--out", taken}, "--resume and --from"},
+		"batch too large":  {[]string{"--batch-size", "64"}, "fewer than one batch"},
+		"negative log":     {[]string{"--log-every", "0"}, "--log-every"},
+	}
+	for name, c := range cases {
+		args := append([]string{"train", "--data", data, "--out", filepath.Join(dir, "run")}, c.args...)
+		code, _, stderr := runCLI(t, args...)
+		assertOneLineError(t, code, stderr)
+		if !strings.Contains(stderr, c.want) {
+			t.Errorf("%s: %q does not mention %q", name, stderr, c.want)
+		}
+	}
+}
+
+// TestScaledViews checks the views' sizes at another image size: the
+// 224 px crops become the image size, SwAV's 96 px ones round(96/224 * S).
+func TestScaledViews(t *testing.T) {
+	vs, err := scaledViews("swav", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sizes []int
+	for _, v := range vs {
+		sizes = append(sizes, v.Size)
+	}
+	want := []int{32, 32, 14, 14, 14, 14, 14, 14} // round(96*32/224) = round(13.71)
+	if !slices.Equal(sizes, want) {
+		t.Errorf("swav sizes at 32 px: %v, want %v", sizes, want)
+	}
+}
+
+// TestMetricsLog checks the records' exact round trip, the resume rule
+// (lines from the resumed step on dropped, a partial last line too) and
+// the refusal of non-finite values.
+func TestMetricsLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), metricsName)
+	log, err := openMetricsLog(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	var want []metricsRecord
+	for step := range 7 {
+		r := metricsRecord{
+			Step: step, Epoch: step / 3, LR: 0.1 * rng.Float64(), Loss: rng.NormFloat64() * 30,
+			Terms: map[string]float64{"sim": rng.Float64(), "ent": -rng.ExpFloat64(), metricEntrpy: rng.NormFloat64()},
+			Rate:  100 * rng.Float64(),
+		}
+		want = append(want, r)
+		if err := log.write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := log.write(metricsRecord{Loss: math.NaN()}); err == nil {
+		t.Error("a NaN loss was written")
+	}
+	log.close()
+	got, err := readMetrics(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d records, want %d", len(got), len(want))
+	}
+	for i, r := range want {
+		w := maps.Clone(r.Terms)
+		w[metricStep], w[metricEpoch], w[metricLR], w[metricLoss], w[metricRate] = float64(r.Step), float64(r.Epoch), r.LR, r.Loss, r.Rate
+		if !maps.Equal(got[i], w) {
+			t.Errorf("record %d: %v, want %v (bit for bit)", i, got[i], w)
+		}
+	}
+	line, _ := want[0].MarshalJSON()
+	if !bytes.HasPrefix(line, []byte(`{"step":0,"epoch":0,"lr":`)) {
+		t.Errorf("record does not start with step, epoch, lr: %s", line)
+	}
+
+	// A killed run: a partial last line; the resume is at step 4.
+	f, _ := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString(`{"step":7,"epoch":2,"lr":0.`)
+	f.Close()
+	log, err = openMetricsLog(path, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.close()
+	got, err = readMetrics(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []float64
+	for _, r := range got {
+		steps = append(steps, r[metricStep])
+	}
+	if !slices.Equal(steps, []float64{0, 1, 2, 3}) {
+		t.Errorf("kept steps %v, want 0 1 2 3", steps)
+	}
+}
+
+// TestPlots checks that the plots are PNG images and that the entropy plot
+// is left out without entropy.
+func TestPlots(t *testing.T) {
+	dir := t.TempDir()
+	var recs []map[string]float64
+	for i := range 20 {
+		x := float64(i)
+		recs = append(recs, map[string]float64{metricStep: x, metricLoss: 30 - x, "sim": 10 / (1 + x), "ent": -0.1 * x, metricEntrpy: -3 + 0.05*x, metricRate: 50})
+	}
+	loss, ent := filepath.Join(dir, lossPlotName), filepath.Join(dir, entropyPlotName)
+	if err := writeLossPlot(loss, recs); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := writeEntropyPlot(ent, recs); err != nil || !ok {
+		t.Fatalf("entropy plot: %v, %v", ok, err)
+	}
+	for _, p := range []string{loss, ent} {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := png.DecodeConfig(f)
+		f.Close()
+		if err != nil || cfg.Width < 200 || cfg.Height < 100 {
+			t.Errorf("%s: %+v, %v", p, cfg, err)
+		}
+	}
+	for _, r := range recs {
+		delete(r, metricEntrpy)
+	}
+	if ok, err := writeEntropyPlot(filepath.Join(dir, "none.png"), recs); ok || err != nil {
+		t.Errorf("entropy plot without entropy: %v, %v", ok, err)
+	}
+	if got := termNames(recs); !slices.Equal(got, []string{"ent", "sim"}) {
+		t.Errorf("terms %v", got)
+	}
+}
+
+// TestPlainBatches checks the fidelity modes' batches: --no-augment views
+// are loader.LoadBatch's resize and centre crop, --no-shuffle keeps the
+// data-set order, and a stream started at batch k gives the full stream's
+// batch k.
+func TestPlainBatches(t *testing.T) {
+	ctx := context.Background()
+	root := trainImages(t, 14, 12, 9) // not square: the resize and the crop both act
+	ds, err := loader.OpenImageFolder(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	views, err := scaledViews("swav", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &trainPlan{data: ds, views: views}
+	for _, mode := range []struct{ noAugment, noShuffle bool }{{true, true}, {true, false}, {false, true}} {
+		c := &trainCmd{BatchSize: 4, Seed: 5, NoAugment: mode.noAugment, NoShuffle: mode.noShuffle, Workers: 2}
+		src := newDataSource(c, p, nil)
+		all := collectBatches(t, src, 1, 0)
+		if len(all) != 3 {
+			t.Fatalf("%+v: %d batches, want 3 (14 images, batch 4, the rest dropped)", mode, len(all))
+		}
+		order := src.pipe.Order(1)
+		if mode.noShuffle {
+			order = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
+		}
+		for k, b := range all {
+			if !slices.Equal(b.Samples, order[4*k:4*k+4]) {
+				t.Errorf("%+v: batch %d samples %v, want %v", mode, k, b.Samples, order[4*k:4*k+4])
+			}
+			if !mode.noAugment {
+				continue
+			}
+			for v, s := range b.Sizes {
+				want, h, w, err := loader.LoadBatch(ctx, ds, b.Samples, loader.Preprocess{Resize: s, Crop: s}, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if h != s || w != s || !slices.Equal(b.Views[v], want) {
+					t.Errorf("%+v: batch %d view %d differs from LoadBatch's %dx%d", mode, k, v, h, w)
+				}
+			}
+		}
+		late := collectBatches(t, src, 1, 2)
+		if len(late) != 1 || !reflect.DeepEqual(late[0], all[2]) {
+			t.Errorf("%+v: the stream started at batch 2 differs from the full one's batch 2", mode)
+		}
+	}
+}
+
+func collectBatches(t *testing.T, src *dataSource, epoch, start int) []*loader.Batch {
+	t.Helper()
+	it, err := src.epoch(context.Background(), epoch, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	var out []*loader.Batch
+	for it.Next() {
+		out = append(out, it.Batch())
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestRunStateRoundTrip saves a run state (model with a head, optimizer,
+// method state, position), reads it back equal, has `embed` load the
+// checkpoint, and refuses a method state of another save.
+func TestRunStateRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	dev := vktest.Device(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	r, err := layers.NewResNet(ctx, dev, layers.ResNetConfig{Depth: 18, Width: 4, SmallStem: true, InChannels: 3}, rng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Release()
+	parts, err := loader.ModelParts(ctx, r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	randTensor := func(shape ...int) layers.HostTensor {
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		h := layers.HostTensor{Shape: shape, Data: make([]float32, n)}
+		for i := range h.Data {
+			h.Data[i] = float32(rng.NormFloat64())
+		}
+		return h
+	}
+	out := t.TempDir()
+	st := &runState{
+		Model:     parts,
+		Optimizer: &layers.OptimizerState{Steps: 17, Tensors: map[string]layers.HostTensor{"0.0.mu": randTensor(4, 3, 3, 3), "1.2.mu": randTensor(7)}},
+		Method:    map[string]layers.HostTensor{"queue": randTensor(2, 5, 3)},
+		Pos:       runPosition{Epoch: 3, Batch: 2, Step: 17, Seed: 1 << 40, Start: 5, End: 30},
+		Meta:      map[string]string{loader.MetaMethod: "swav", metaCriterion: "e2mc", loader.MetaArgs: `{"Method":"swav"}`},
+	}
+	if err := saveRunState(out, st); err != nil {
+		t.Fatal(err)
+	}
+	got, notes, err := loadRunState(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(notes) > 0 {
+		t.Errorf("notes: %v", notes)
+	}
+	if got.Pos != st.Pos {
+		t.Errorf("position %+v, want %+v", got.Pos, st.Pos)
+	}
+	if got.Model.Epoch != 3 || got.Meta[loader.MetaMethod] != "swav" || got.Meta[metaCriterion] != "e2mc" {
+		t.Errorf("epoch %d, meta %v", got.Model.Epoch, got.Meta)
+	}
+	if !reflect.DeepEqual(got.Optimizer, st.Optimizer) || !reflect.DeepEqual(got.Method, st.Method) {
+		t.Error("optimizer or method state differs after the round trip")
+	}
+	if !reflect.DeepEqual(got.Model.Backbone, parts.Backbone) {
+		t.Error("backbone differs after the round trip")
+	}
+	entries, _ := os.ReadDir(out)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp") {
+			t.Errorf("temporary file left: %s", e.Name())
+		}
+	}
+	data := trainImages(t, 4, 8, 8)
+	code, _, stderr := runCLI(t, "embed", "--checkpoint", filepath.Join(out, checkpointName), "--data", data,
+		"--resize", "0", "--crop", "8", "--out", filepath.Join(out, "z.npy"))
+	if code != 0 {
+		t.Fatalf("embed of the run's checkpoint: %s", stderr)
+	}
+	code, _, stderr = runCLI(t, "convert", filepath.Join(out, checkpointName), filepath.Join(out, "c.pth"))
+	if code != 0 {
+		t.Fatalf("convert of the run's checkpoint: %s", stderr)
+	}
+
+	// An interrupted later save: a new method state beside the old model.
+	if _, err := writeMethodState(filepath.Join(out, methodStateName), map[string]layers.HostTensor{"queue": randTensor(2)}, 20); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadRunState(out); err == nil || !strings.Contains(err.Error(), "another checkpoint") {
+		t.Errorf("stale method state: %v", err)
+	}
+
+	// A checkpoint that is not a run's.
+	plain := t.TempDir()
+	if err := loader.WriteCheckpoint(filepath.Join(plain, checkpointName), &loader.Checkpoint{Parts: *parts}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadRunState(plain); err == nil || !strings.Contains(err.Error(), "--from") {
+		t.Errorf("resume from a plain checkpoint: %v", err)
+	}
+	var args trainCmd
+	if err := json.Unmarshal([]byte(got.Meta[loader.MetaArgs]), &args); err != nil || args.Method != "swav" {
+		t.Errorf("args %+v, %v", args, err)
+	}
+}
