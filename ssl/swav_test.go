@@ -1,0 +1,465 @@
+package ssl
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/e2mcvk/e2mcvk/internal/oracle"
+	"github.com/e2mcvk/e2mcvk/layers"
+	"github.com/e2mcvk/e2mcvk/loader"
+	"github.com/e2mcvk/e2mcvk/vk"
+	"github.com/e2mcvk/e2mcvk/vk/vktest"
+)
+
+// The settings of testdata/torch_swav.py.
+const (
+	swavBatch      = 8
+	swavLR, swavWD = 50.0, 0.05
+	swavQueue      = 16
+	// swavFloor is the absolute floor of the state comparisons: entries of
+	// the state near zero (biases, running means) are held to 1e-4 of this
+	// instead of 1e-4 of themselves.
+	swavFloor = 1e-2
+)
+
+var swavSizes = []int{24, 24, 12, 12}
+
+// swavOracle runs testdata/torch_swav.py (cached) and returns its directory.
+func swavOracle(t *testing.T) string {
+	t.Helper()
+	script, err := os.ReadFile("testdata/torch_swav.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := os.ReadFile("../e2mc/testdata/torch_reference.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return oracle.Cached(t, []string{"torch", "torchvision", "numpy"}, func(py, dir string) {
+		oracle.RunFile(t, py, "testdata/torch_swav.py", dir)
+	}, script, ref)
+}
+
+// swavNpy reads a float32 array the oracle saved and checks its shape.
+func swavNpy(t *testing.T, path string, shape ...int) []float32 {
+	t.Helper()
+	a, err := loader.ReadNpy(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shape != nil && !slices.Equal(a.Shape, shape) {
+		t.Fatalf("%s has shape %v, want %v", path, a.Shape, shape)
+	}
+	return a.Float32()
+}
+
+// swavEntries lists the model's state under the official model's names.
+func swavEntries(m *Model) []layers.StateEntry {
+	es := m.Backbone.State("")
+	es = append(es, m.Heads[loader.HeadProjector].State("projection_head.")...)
+	return append(es, m.Prototypes.State("prototypes.")...)
+}
+
+// swavHost downloads one state entry.
+func swavHost(t *testing.T, e layers.StateEntry) []float32 {
+	t.Helper()
+	switch {
+	case e.Param != nil:
+		v, err := e.Param.Value.Download(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	case e.Buffer != nil:
+		v, err := e.Buffer.Download(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	return []float32{float32(*e.Count)}
+}
+
+// swavClose fails unless every |got - want| <= rel * max(|want|, floor); a
+// reference of all zeros is refused.
+func swavClose(t *testing.T, label string, got, want []float32, rel, floor float64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: %d values, want %d", label, len(got), len(want))
+		return
+	}
+	bad, worst, at, nonzero := 0, 0.0, 0, false
+	for i := range want {
+		w, g := float64(want[i]), float64(got[i])
+		nonzero = nonzero || w != 0
+		e := math.Abs(g-w) / math.Max(math.Abs(w), floor)
+		if math.IsNaN(g) {
+			e = math.Inf(1)
+		}
+		if e > rel {
+			bad++
+		}
+		if e > worst {
+			worst, at = e, i
+		}
+	}
+	if !nonzero {
+		t.Errorf("%s: the reference is all zeros; choose inputs that test something", label)
+	}
+	if worst > rel/4 {
+		t.Logf("%s: worst error %.3g of the tolerance", label, worst/rel)
+	}
+	if bad > 0 {
+		t.Errorf("%s: %d of %d values off by more than %g relative (floor %g); worst %.3g at %d: got %v, want %v",
+			label, bad, len(want), rel, floor, worst, at, got[at], want[at])
+	}
+}
+
+// swavRun is one training step of method on model, as the trainer takes it
+// on one replica: prepare, forward and loss, the regularizer, backward,
+// BeforeUpdate, the optimizer step.
+type swavRun struct {
+	swav, term, e2mc float64
+	pen              *Penalty
+}
+
+func swavStep(t *testing.T, d *vk.Device, method *SwAV, model *Model, comm *Comm, views [][]float32, batch, iteration int, reg Regularizer) swavRun {
+	t.Helper()
+	ctx := context.Background()
+	s, err := d.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tp := layers.NewTape(s)
+	defer tp.Release()
+	tp.SetCollective(ctx, comm)
+	st := &Step{Ctx: ctx, Tape: tp, Model: model, Comm: comm, Iteration: iteration}
+	for i, v := range views {
+		x, err := layers.FromHost(ctx, d, v, batch, 3, swavSizes[i], swavSizes[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer x.Release()
+		st.Views = append(st.Views, layers.Constant(x))
+	}
+	if err := method.Prepare(st); err != nil {
+		t.Fatal(err)
+	}
+	l, err := method.Loss(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Embeddings) != 2 || !slices.Equal(l.Embeddings[0].Shape(), []int{batch, 16}) || !l.Embeddings[1].RequiresGrad() {
+		t.Fatalf("embeddings: want the projections of crops 0 and 1, [%d, 16] each, with gradients", batch)
+	}
+	term := l.Terms["swav"]
+	if term == nil {
+		t.Fatal("no swav term")
+	}
+	tp.Keep(l.Total)
+	tp.Keep(term)
+	defer l.Total.Value.Release()
+	defer term.Value.Release()
+	total := l.Total
+	var run swavRun
+	if reg != nil {
+		p, err := reg.Apply(st, l.Embeddings)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total = tp.Add(total, p.Add)
+		run.pen, run.e2mc = p, p.Value
+	}
+	if err := tp.Backward(total); err != nil {
+		t.Fatal(err)
+	}
+	if comm.Size() > 1 {
+		t.Fatal("swavStep does not average gradients; use it on one replica")
+	}
+	if err := method.BeforeUpdate(st); err != nil {
+		t.Fatal(err)
+	}
+	opt, err := method.NewOptimizer(method.ParamGroups(model, swavWD, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer opt.Release()
+	if err := opt.Step(s, swavLR); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []struct {
+		dst *float64
+		x   *layers.Var
+	}{{&run.swav, l.Total}, {&run.term, term}} {
+		h, err := v.x.Value.Download(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*v.dst = float64(h[0])
+	}
+	return run
+}
+
+func TestSwAVMatchesTorch(t *testing.T) {
+	dir := swavOracle(t)
+	ctx := context.Background()
+	d := vktest.Device(t)
+	root, err := loader.ReadPth(filepath.Join(dir, "model.pth"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := loader.SplitCheckpoint(root, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if parts.Layout != loader.LayoutSwAV {
+		t.Fatalf("layout %s, want swav", parts.Layout)
+	}
+	cfg, err := loader.ResNetConfigFor(parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (layers.ResNetConfig{Depth: 18, Width: 8, SmallStem: true, InChannels: 3}); cfg != want {
+		t.Fatalf("config %+v, want %+v", cfg, want)
+	}
+	var views [][]float32
+	for i, s := range swavSizes {
+		views = append(views, swavNpy(t, filepath.Join(dir, fmt.Sprintf("crop%d.npy", i)), swavBatch, 3, s, s))
+	}
+	queue0 := swavNpy(t, filepath.Join(dir, "queue.npy"), 2, swavQueue, 16)
+
+	for _, name := range []string{"frozen", "plain", "e2mc", "queue"} {
+		t.Run(name, func(t *testing.T) {
+			var want struct{ Swav, E2MC, Total float64 }
+			oracle.ReadJSON(t, filepath.Join(dir, name, "result.json"), &want)
+			// Head sizes other than the checkpoint's: its heads must win.
+			o := SwAVOptions{MLP: "64-64", Prototypes: 5, Crops: []int{2, 2}, QueueStartEpoch: -1, FreezePrototypesIters: 10}
+			if name == "queue" {
+				o.QueueLength = swavQueue
+			}
+			method, err := NewSwAV(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if name == "queue" {
+				if err := method.LoadState(ctx, map[string]layers.HostTensor{"queue": {Shape: []int{2, swavQueue, 16}, Data: slices.Clone(queue0)}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			model, err := method.NewModel(ctx, d, cfg, parts, rand.New(rand.NewPCG(1, 2)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer model.Release()
+			model.SetTraining(true)
+			if k := model.Prototypes.Weight.Shape(); !slices.Equal(k, []int{20, 16}) {
+				t.Fatalf("prototypes %v, want the checkpoint's [20 16]", k)
+			}
+			iteration := 10 // past FreezePrototypesIters
+			var reg Regularizer
+			switch name {
+			case "frozen":
+				iteration = 9
+			case "e2mc":
+				if reg, err = NewE2MC(d, "swav", 10, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			run := swavStep(t, d, method, model, NewGroup(1).Comm(0), views, swavBatch, iteration, reg)
+			swavClose(t, "swav loss (device)", []float32{float32(run.swav)}, []float32{float32(want.Swav)}, 1e-4, 0)
+			swavClose(t, "swav term (host)", []float32{float32(run.term)}, []float32{float32(want.Swav)}, 1e-4, 0)
+			if reg != nil {
+				swavClose(t, "e2mc", []float32{float32(run.e2mc)}, []float32{float32(want.E2MC)}, 1e-4, 0)
+			}
+			for _, e := range swavEntries(model) {
+				w := swavNpy(t, filepath.Join(dir, name, "after", e.Name+".npy"))
+				swavClose(t, e.Name+" after the step", swavHost(t, e), w, 1e-4, swavFloor)
+			}
+			if name == "queue" {
+				st, err := method.State(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w := swavNpy(t, filepath.Join(dir, name, "queue_after.npy"), 2, swavQueue, 16)
+				// The queue's rows are unit vectors: their entries are
+				// held to 1e-4 of the rms entry of a unit 16-vector, 1/4.
+				swavClose(t, "queue after the step", st["queue"].Data, w, 1e-4, 0.25)
+				if f := st["queue_in_use"].Data; len(f) != 1 || f[0] != 1 {
+					t.Errorf("queue_in_use %v, want [1]", f)
+				}
+			}
+		})
+	}
+}
+
+// TestSwAVUpdates checks that the comparisons above see the update: the
+// oracle's step moves every trainable tensor (the prototypes only when not
+// frozen) by more than the tolerance.
+func TestSwAVUpdates(t *testing.T) {
+	dir := swavOracle(t)
+	root, err := loader.ReadPth(filepath.Join(dir, "model.pth"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := loader.SplitCheckpoint(root, loader.LayoutSwAV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]layers.HostTensor{}
+	for k, v := range parts.Backbone {
+		before[k] = v
+	}
+	for k, v := range parts.Heads[loader.HeadProjector] {
+		before["projection_head."+k] = v
+	}
+	for _, name := range []string{"conv1.weight", "layer4.1.conv2.weight", "projection_head.3.weight"} {
+		after := swavNpy(t, filepath.Join(dir, "plain", "after", name+".npy"))
+		var diff, norm float64
+		for i, v := range before[name].Data {
+			diff += math.Abs(float64(after[i] - v))
+			norm += math.Abs(float64(v))
+		}
+		if diff/norm < 1e-2 {
+			t.Errorf("%s moved by %.3g of its size: too little for a 1e-4 comparison to test the step", name, diff/norm)
+		}
+	}
+	frozen := swavNpy(t, filepath.Join(dir, "frozen", "after", "prototypes.weight.npy"))
+	plain := swavNpy(t, filepath.Join(dir, "plain", "after", "prototypes.weight.npy"))
+	var diff float64
+	for i := range frozen {
+		diff = max(diff, math.Abs(float64(frozen[i]-plain[i])))
+	}
+	if diff < 1e-3 {
+		t.Errorf("frozen and trained prototypes differ by %.3g only", diff)
+	}
+}
+
+// Two replicas holding half the batch each report the loss one replica with
+// the whole batch reports (Sinkhorn's sums and the loss are all-reduced,
+// the batch norms synchronised).
+func TestSwAVReplicas(t *testing.T) {
+	dir := swavOracle(t)
+	ctx := context.Background()
+	root, err := loader.ReadPth(filepath.Join(dir, "model.pth"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := loader.SplitCheckpoint(root, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loader.ResNetConfigFor(parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var views [][]float32
+	for i, s := range swavSizes {
+		views = append(views, swavNpy(t, filepath.Join(dir, fmt.Sprintf("crop%d.npy", i)), swavBatch, 3, s, s))
+	}
+	o := SwAVOptions{Crops: []int{2, 2}, QueueStartEpoch: -1}
+	forward := func(d *vk.Device, comm *Comm, views [][]float32, batch int) (float64, error) {
+		method, err := NewSwAV(o)
+		if err != nil {
+			return 0, err
+		}
+		model, err := method.NewModel(ctx, d, cfg, parts, rand.New(rand.NewPCG(1, 2)))
+		if err != nil {
+			return 0, err
+		}
+		defer model.Release()
+		s, err := d.NewStream()
+		if err != nil {
+			return 0, err
+		}
+		defer s.Close()
+		tp := layers.NewTape(s)
+		defer tp.Release()
+		tp.SetCollective(ctx, comm)
+		st := &Step{Ctx: ctx, Tape: tp, Model: model, Comm: comm}
+		for i, v := range views {
+			x, err := layers.FromHost(ctx, d, v, batch, 3, swavSizes[i], swavSizes[i])
+			if err != nil {
+				return 0, err
+			}
+			defer x.Release()
+			st.Views = append(st.Views, layers.Constant(x))
+		}
+		if err := method.Prepare(st); err != nil {
+			return 0, err
+		}
+		l, err := method.Loss(st)
+		if err != nil {
+			return 0, err
+		}
+		term := l.Terms["swav"]
+		tp.Keep(term)
+		defer term.Value.Release()
+		if err := s.Run(ctx); err != nil {
+			return 0, err
+		}
+		h, err := term.Value.Download(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return float64(h[0]), nil
+	}
+	d := vktest.Device(t)
+	whole, err := forward(d, NewGroup(1).Comm(0), views, swavBatch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each replica on its own logical device, as the trainer runs them
+	// (slot 1 is the one the package's other tests open too).
+	devs := []*vk.Device{d, vktest.Open(t, d.Info.Index, 1)}
+	g := NewGroup(2)
+	half := swavBatch / 2
+	got := make([]float64, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		var part [][]float32
+		for i, v := range views {
+			per := 3 * swavSizes[i] * swavSizes[i]
+			part = append(part, v[r*half*per:(r+1)*half*per])
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got[r], errs[r] = forward(devs[r], g.Comm(r), part, half); errs[r] != nil {
+				g.Abort(errs[r])
+			}
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("replica %d: %v", r, err)
+		}
+	}
+	for r, v := range got {
+		swavClose(t, fmt.Sprintf("replica %d's swav term", r), []float32{float32(v)}, []float32{float32(whole)}, 1e-4, 0)
+	}
+	// Not trivially equal: half the batch alone reports another loss.
+	var part [][]float32
+	for i, v := range views {
+		part = append(part, v[:half*3*swavSizes[i]*swavSizes[i]])
+	}
+	alone, err := forward(d, NewGroup(1).Comm(0), part, half)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(alone-whole) < 1e-3*math.Abs(whole) {
+		t.Errorf("half the batch alone reports %v, the whole batch %v: the test proves nothing", alone, whole)
+	}
+}
