@@ -54,13 +54,19 @@ func NewSimSiam(o SimSiamOptions) (*SimSiam, error) {
 func (*SimSiam) Name() string { return "simsiam" }
 
 // NewModel builds the backbone and the two heads on d. Heads that parts
-// holds are loaded from it with the configuration their tensors give; the
-// others are made fresh with PyTorch's default initialisation. A backbone
-// made fresh gets SimSiam's zero_init_residual (the last batch norm of each
-// residual block starts at weight 0).
+// holds are loaded from it with the configuration their tensors give (the
+// options' sizes then do not apply); the others are made fresh with
+// PyTorch's default initialisation drawn from rng (a fixed stream when rng
+// is nil). A backbone made fresh gets SimSiam's zero_init_residual (the
+// last batch norm of each residual block starts at weight 0).
 func (m *SimSiam) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetConfig, parts *loader.Parts, rng *rand.Rand) (*Model, error) {
 	if cfg.Classes != 0 {
 		return nil, fmt.Errorf("simsiam: the backbone has %d classes; its fc is the projector, want Classes 0", cfg.Classes)
+	}
+	if rng == nil {
+		// A fixed stream: the values drawn are overwritten where parts
+		// has them.
+		rng = rand.New(rand.NewPCG(0, 0))
 	}
 	bb, err := layers.NewResNet(ctx, d, cfg, rng)
 	if err != nil {

@@ -172,7 +172,7 @@ def main():
             path = os.path.join(out, case, kind, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             a.tofile(path)
-            entry[kind][name] = list(a.shape)
+            entry[kind][name] = list(t.shape)
 
         for name, p in m.named_parameters():
             if p.grad is not None:
