@@ -77,7 +77,8 @@ func (v *VICReg) Options() VICRegOptions { return v.opts }
 // projector (its widths then come from the checkpoint, not from the
 // options); otherwise the expander starts from PyTorch's default
 // initialisation drawn from rng. A fresh backbone is torchvision's
-// initialisation (layers.NewResNet).
+// initialisation (layers.NewResNet) with zero_init_residual, as
+// main_vicreg.py asks for.
 func (v *VICReg) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetConfig, parts *loader.Parts, rng *rand.Rand) (*Model, error) {
 	if rng == nil {
 		// The initial values are overwritten by the checkpoint's.
@@ -96,6 +97,9 @@ func (v *VICReg) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetCo
 		if err := loader.LoadBackbone(ctx, bb, parts); err != nil {
 			return fail(err)
 		}
+	} else if err := zeroInitResidual(ctx, bb); err != nil {
+		// main_vicreg.py builds its ResNet with zero_init_residual=True.
+		return fail(err)
 	}
 	hc := layers.MLPConfig{Spec: v.opts.MLP, HiddenBias: true}
 	in := bb.Features

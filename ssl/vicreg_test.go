@@ -338,6 +338,23 @@ func TestVICRegFreshModel(t *testing.T) {
 	if proj == nil || len(proj.Linears) != 3 || proj.Linears[2].Bias != nil || proj.Linears[0].Bias == nil {
 		t.Fatalf("projector %+v: want 3 Linears, biases on the hidden ones only", proj)
 	}
+	// zero_init_residual: the last batch norm of every block starts at 0.
+	for _, stage := range model.Backbone.Layers {
+		for _, blk := range stage {
+			w, err := blk.BNs[len(blk.BNs)-1].Weight.Value.Download(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range w {
+				if v != 0 {
+					t.Fatalf("a residual block's last batch norm weight is %v, want 0", v)
+				}
+			}
+		}
+	}
+	if w, err := model.Backbone.BN1.Weight.Value.Download(ctx); err != nil || w[0] != 1 {
+		t.Errorf("the stem's batch norm weight is %v (%v), want 1", w, err)
+	}
 	groups := m.ParamGroups(model, 1e-6, 0)
 	n := len(layers.Parameters(model.Backbone)) + len(layers.Parameters(proj))
 	if len(groups) != 1 || len(groups[0].Params) != n || groups[0].WeightDecay != 1e-6 || groups[0].NoAdapt {
