@@ -1,13 +1,19 @@
 package eval
 
 import (
+	"context"
+	"fmt"
+	"image"
+	"image/color"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/loader"
+	"github.com/e2mcvk/e2mcvk/vk/vktest"
 )
 
 // syntheticFeatures makes n rows of d non-negative features (as a ReLU
@@ -87,4 +93,65 @@ func finite(x []float64) bool {
 		}
 	}
 	return true
+}
+
+// memDataset is a labelled set of small in-memory images: class c's images
+// are noisy with channel c%3 brighter and a bright square in a corner that
+// depends on c, so that a small network can tell the classes apart.
+type memDataset struct {
+	imgs    []image.Image
+	labels  []int
+	classes []string
+}
+
+func newMemDataset(rng *rand.Rand, n, classes, size int) *memDataset {
+	ds := &memDataset{}
+	for c := range classes {
+		ds.classes = append(ds.classes, fmt.Sprintf("class%d", c))
+	}
+	for i := range n {
+		c := i % classes
+		img := image.NewRGBA(image.Rect(0, 0, size, size))
+		for y := range size {
+			for x := range size {
+				px := [3]float64{}
+				for k := range px {
+					px[k] = 90 + 40*rng.NormFloat64()
+				}
+				px[c%3] += 70
+				if (x < size/2) == (c%2 == 0) && (y < size/2) == (c/2%2 == 0) {
+					px[(c+1)%3] += 60
+				}
+				img.Set(x, y, color.RGBA{clamp8(px[0]), clamp8(px[1]), clamp8(px[2]), 255})
+			}
+		}
+		ds.imgs = append(ds.imgs, img)
+		ds.labels = append(ds.labels, c)
+	}
+	return ds
+}
+
+func clamp8(v float64) uint8 { return uint8(max(0, min(255, math.Round(v)))) }
+
+func (d *memDataset) Len() int                         { return len(d.imgs) }
+func (d *memDataset) Label(i int) int                  { return d.labels[i] }
+func (d *memDataset) Classes() []string                { return d.classes }
+func (d *memDataset) Image(i int) (image.Image, error) { return d.imgs[i], nil }
+func (d *memDataset) Name(i int) string                { return fmt.Sprintf("mem/%d.png", i) }
+
+// smallParts is a narrow random ResNet-18 (small stem) taken apart as a
+// checkpoint would be.
+func smallParts(t *testing.T, width int, seed uint64) *loader.Parts {
+	t.Helper()
+	ctx := context.Background()
+	r, err := layers.NewResNet(ctx, vktest.Device(t), layers.ResNetConfig{Depth: 18, Width: width, SmallStem: true, InChannels: 3}, rand.New(rand.NewPCG(seed, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Release()
+	parts, err := loader.ModelParts(ctx, r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parts
 }

@@ -1,0 +1,260 @@
+package eval
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/e2mcvk/e2mcvk/layers"
+	"github.com/e2mcvk/e2mcvk/loader"
+	"github.com/e2mcvk/e2mcvk/vk"
+)
+
+// FinetuneConfig are the settings of semi-supervised fine-tuning: the whole
+// network (trunk and a new linear head) trained by SGD with momentum, the
+// trunk and the head at their own learning rates, both decayed by Gamma at
+// each of Milestones (epochs), as SwAV's eval_semisup.py does.
+type FinetuneConfig struct {
+	Epochs          int
+	TrunkLR, HeadLR float64
+	Milestones      []int
+	Gamma           float64
+	WeightDecay     float64
+	Momentum        float64
+	BatchSize       int
+	// Augment is the training transform; Preprocess the evaluation one.
+	Augment    loader.ViewAugment
+	Preprocess loader.Preprocess
+	// Seed chooses the head's initial weights, the order of the samples
+	// and the augmentations.
+	Seed uint64
+}
+
+// DefaultFinetuneConfig is SwAV's semi-supervised setting (10% labels): 20
+// epochs, trunk lr 0.01, head lr 0.2, decay by 0.2 at epochs 12 and 16,
+// no weight decay, momentum 0.9, batch 256, RandomResizedCrop(224) and flip
+// for training, Resize 256 and CenterCrop 224 for evaluation.
+func DefaultFinetuneConfig() FinetuneConfig {
+	return FinetuneConfig{Epochs: 20, TrunkLR: 0.01, HeadLR: 0.2, Milestones: []int{12, 16}, Gamma: 0.2,
+		Momentum: 0.9, BatchSize: 256, Augment: LinearAugment(224), Preprocess: loader.Preprocess{Resize: 256, Crop: 224}}
+}
+
+func (c FinetuneConfig) check() error {
+	if c.Epochs < 1 || c.BatchSize < 2 || !(c.TrunkLR >= 0) || !(c.HeadLR > 0) || !(c.Gamma > 0) || c.WeightDecay < 0 || c.Momentum < 0 || c.Momentum >= 1 {
+		return fmt.Errorf("fine-tuning: %d epochs, batch %d, lr %g / %g, gamma %g, weight decay %g, momentum %g: want epochs >= 1, batch >= 2, head lr > 0, trunk lr >= 0, gamma > 0, weight decay >= 0, momentum in [0, 1)",
+			c.Epochs, c.BatchSize, c.TrunkLR, c.HeadLR, c.Gamma, c.WeightDecay, c.Momentum)
+	}
+	return nil
+}
+
+// FinetuneProgress is told about fine-tuning as it goes: after each batch
+// the epoch (from 1) and the images done in it, and after each epoch its
+// mean training loss (batch nil then).
+type FinetuneProgress func(epoch, done int, loss float64, epochEnd bool)
+
+// Finetune fine-tunes the backbone of parts with a new linear head on train
+// (in training mode: batch statistics) and returns the top-1 and top-5
+// accuracy in percent of the result on val (evaluation mode). A last batch
+// of one image is skipped: batch norm needs two.
+func Finetune(ctx context.Context, dev *vk.Device, parts *loader.Parts, train, val loader.Dataset, cfg FinetuneConfig, progress FinetuneProgress) (top1, top5 float64, err error) {
+	if err := cfg.check(); err != nil {
+		return 0, 0, err
+	}
+	if train.Len() == 0 || val.Len() == 0 {
+		return 0, 0, fmt.Errorf("fine-tuning: %d training and %d validation images", train.Len(), val.Len())
+	}
+	classes := len(train.Classes())
+	if classes < 2 || len(val.Classes()) > classes {
+		return 0, 0, fmt.Errorf("fine-tuning: %d training classes and %d validation classes", classes, len(val.Classes()))
+	}
+	rc, err := loader.ResNetConfigFor(parts)
+	if err != nil {
+		return 0, 0, err
+	}
+	rc.Classes = 0
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0xf1e7))
+	net, err := layers.NewResNet(ctx, dev, rc, rng)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer net.Release()
+	if err := loader.LoadBackbone(ctx, net, parts); err != nil {
+		return 0, 0, err
+	}
+	head, err := newHead(ctx, dev, net.Features, classes, rng)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer head.Release()
+	trunkOpt, err := layers.NewSGD([]layers.Group{{Params: layers.Parameters(net), WeightDecay: cfg.WeightDecay}}, cfg.Momentum)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer trunkOpt.Release()
+	headOpt, err := layers.NewSGD([]layers.Group{{Params: layers.Parameters(head), WeightDecay: cfg.WeightDecay}}, cfg.Momentum)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer headOpt.Release()
+	params := append(layers.Parameters(net), layers.Parameters(head)...)
+	trunkLR := layers.MultiStep{Base: cfg.TrunkLR, Gamma: cfg.Gamma, Milestones: cfg.Milestones}
+	headLR := layers.MultiStep{Base: cfg.HeadLR, Gamma: cfg.Gamma, Milestones: cfg.Milestones}
+	order := rand.New(rand.NewPCG(cfg.Seed, 0x5a3b1e))
+	n := train.Len()
+	for epoch := range cfg.Epochs {
+		net.Training = true
+		perm := order.Perm(n)
+		var total float64
+		seen := 0
+		for lo := 0; lo < n; lo += cfg.BatchSize {
+			idx := perm[lo:min(n, lo+cfg.BatchSize)]
+			if len(idx) < 2 {
+				continue
+			}
+			data, err := LoadAugmented(ctx, train, idx, cfg.Augment, cfg.Seed, epoch)
+			if err != nil {
+				return 0, 0, err
+			}
+			labels := make([]int, len(idx))
+			for k, i := range idx {
+				labels[k] = train.Label(i)
+			}
+			loss, err := finetuneStep(ctx, dev, net, head, data, labels, cfg.Augment.Size, func(s *vk.Stream) error {
+				if cfg.TrunkLR > 0 {
+					if err := trunkOpt.Step(s, trunkLR.LR(epoch)); err != nil {
+						return err
+					}
+				}
+				return headOpt.Step(s, headLR.LR(epoch))
+			})
+			for _, p := range params {
+				p.ZeroGrad()
+			}
+			if err != nil {
+				return 0, 0, err
+			}
+			total += loss * float64(len(idx))
+			seen += len(idx)
+			if progress != nil {
+				progress(epoch+1, min(n, lo+cfg.BatchSize), 0, false)
+			}
+		}
+		if progress != nil {
+			progress(epoch+1, n, total/float64(max(1, seen)), true)
+		}
+	}
+	net.Training = false
+	return classify(ctx, dev, val, cfg.Preprocess, cfg.BatchSize, func(tp *layers.Tape, x *layers.Var) *layers.Var {
+		return head.Forward(tp, net.Forward(tp, x))
+	}, classes)
+}
+
+// newHead is a Linear layer initialised as SwAV's semi-supervised head:
+// weights from N(0, 0.01^2), zero bias.
+func newHead(ctx context.Context, dev *vk.Device, in, classes int, rng *rand.Rand) (*layers.Linear, error) {
+	head, err := layers.NewLinear(ctx, dev, in, classes, true, rng)
+	if err != nil {
+		return nil, err
+	}
+	w := make([]float32, in*classes)
+	for i := range w {
+		w[i] = float32(0.01 * rng.NormFloat64())
+	}
+	err = head.Weight.Value.Upload(ctx, w)
+	if err == nil {
+		err = head.Bias.Value.Upload(ctx, make([]float32, classes))
+	}
+	if err != nil {
+		head.Release()
+		return nil, err
+	}
+	return head, nil
+}
+
+// finetuneStep runs one forward and backward pass of a batch, records the
+// optimizers' steps with step and runs it all, and returns the loss.
+func finetuneStep(ctx context.Context, dev *vk.Device, net *layers.ResNet, head *layers.Linear, data []float32, labels []int, size int, step func(*vk.Stream) error) (float64, error) {
+	s, err := dev.NewStream()
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	x, err := layers.FromHost(ctx, dev, data, len(labels), 3, size, size)
+	if err != nil {
+		return 0, err
+	}
+	defer x.Release()
+	tp := layers.NewTape(s)
+	loss := tp.CrossEntropy(head.Forward(tp, net.Forward(tp, layers.Constant(x))), labels)
+	tp.Keep(loss)
+	err = tp.Backward(loss)
+	tp.Release()
+	if err != nil {
+		return 0, fmt.Errorf("fine-tuning step: %w", err)
+	}
+	defer loss.Value.Release()
+	if err := step(s); err != nil {
+		return 0, err
+	}
+	if err := s.Run(ctx); err != nil {
+		return 0, err
+	}
+	v, err := loss.Value.Download(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return float64(v[0]), nil
+}
+
+// classify runs forward on every image of ds (preprocessed by pre) and
+// returns the top-1 and top-5 accuracy in percent of its classes scores.
+func classify(ctx context.Context, dev *vk.Device, ds loader.Dataset, pre loader.Preprocess, batch int, forward func(*layers.Tape, *layers.Var) *layers.Var, classes int) (top1, top5 float64, err error) {
+	n := ds.Len()
+	scores := make([]float32, 0, n*classes)
+	labels := make([]int, n)
+	for lo := 0; lo < n; lo += batch {
+		idx := make([]int, 0, batch)
+		for i := lo; i < min(n, lo+batch); i++ {
+			idx = append(idx, i)
+			labels[i] = ds.Label(i)
+		}
+		data, h, w, err := loader.LoadBatch(ctx, ds, idx, pre, 0)
+		if err != nil {
+			return 0, 0, err
+		}
+		rows, err := forwardBatch(ctx, dev, data, len(idx), h, w, forward)
+		if err != nil {
+			return 0, 0, err
+		}
+		scores = append(scores, rows...)
+	}
+	top1, top5 = TopK(scores, classes, labels)
+	return top1, top5, nil
+}
+
+// forwardBatch runs forward on n images data [n, 3, h, w] and downloads the
+// result.
+func forwardBatch(ctx context.Context, dev *vk.Device, data []float32, n, h, w int, forward func(*layers.Tape, *layers.Var) *layers.Var) ([]float32, error) {
+	s, err := dev.NewStream()
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	x, err := layers.FromHost(ctx, dev, data, n, 3, h, w)
+	if err != nil {
+		return nil, err
+	}
+	defer x.Release()
+	tp := layers.NewTape(s)
+	z := forward(tp, layers.Constant(x))
+	tp.Keep(z)
+	tp.Release()
+	if err := tp.Err(); err != nil {
+		return nil, err
+	}
+	defer z.Value.Release()
+	if err := s.Run(ctx); err != nil {
+		return nil, err
+	}
+	return z.Value.Download(ctx)
+}
