@@ -56,6 +56,7 @@ type cli struct {
 	Embed   embedCmd   `cmd:"" help:"Embeddings of a data set with a checkpoint's backbone or projector, as an N x D .npy array."`
 	Convert convertCmd `cmd:"" help:"Convert a checkpoint between PyTorch .pth and e2mcvk .safetensors."`
 	Train   trainCmd   `cmd:"" help:"Train a self-supervised model (VICReg, SwAV, SimSiam) with E2MC or another criterion, from scratch or from a checkpoint."`
+	Eval    evalCmd    `cmd:"" help:"Evaluate a checkpoint: linear probe, kNN, semi-supervised fine-tuning, VOC07 SVMs."`
 }
 
 // description is the top-level help text.
