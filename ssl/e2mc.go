@@ -62,7 +62,7 @@ func (r *E2MC) Apply(st *Step, z []*layers.Var) (*Penalty, error) {
 		return nil, fmt.Errorf("e2mc: %d views of embeddings; want 2", len(z))
 	}
 	tp := st.Tape
-	za, zb := gatherRows(st, z[0]), gatherRows(st, z[1])
+	za, zb := tp.AllGather(z[0]), tp.AllGather(z[1])
 	if err := tp.Err(); err != nil {
 		return nil, fmt.Errorf("e2mc: %w", err)
 	}

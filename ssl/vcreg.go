@@ -45,7 +45,7 @@ func (r *VCReg) Apply(st *Step, z []*layers.Var) (*Penalty, error) {
 		return nil, fmt.Errorf("vcreg: %d views of embeddings; want 2", len(z))
 	}
 	tp := st.Tape
-	std, cov := varCov(tp, gatherRows(st, z[0]), gatherRows(st, z[1]))
+	std, cov := varCov(tp, tp.AllGather(z[0]), tp.AllGather(z[1]))
 	add := tp.Add(tp.Scale(std, float32(r.std)), tp.Scale(cov, float32(r.cov)))
 	if err := tp.Err(); err != nil {
 		return nil, fmt.Errorf("vcreg: %w", err)

@@ -144,7 +144,7 @@ func (v *VICReg) Loss(st *Step) (*Loss, error) {
 	x := proj.Forward(tp, st.Model.Backbone.Forward(tp, st.Views[0]))
 	y := proj.Forward(tp, st.Model.Backbone.Forward(tp, st.Views[1]))
 	repr := tp.MSE(x, y)
-	std, cov := varCov(tp, gatherRows(st, x), gatherRows(st, y))
+	std, cov := varCov(tp, tp.AllGather(x), tp.AllGather(y))
 	total := tp.Add(tp.Add(tp.Scale(repr, float32(v.opts.SimCoeff)), tp.Scale(std, float32(v.opts.StdCoeff))),
 		tp.Scale(cov, float32(v.opts.CovCoeff)))
 	if err := tp.Err(); err != nil {
@@ -191,19 +191,6 @@ func varCovView(tp *layers.Tape, z *layers.Var) (std, cov *layers.Var) {
 	diag := tp.Scale(tp.SumColumns(tp.Mul(zc, zc)), 1/float32(n-1))
 	off := tp.Sub(tp.Sum(tp.Mul(c, c)), tp.Sum(tp.Mul(diag, diag)))
 	return std, tp.Scale(off, 1/float32(d))
-}
-
-// gatherRows gathers v's rows over st's replica group.
-//
-// TODO: call st.Tape.AllGather (layers/parallel.go) once it is committed;
-// until then a group of more than one replica fails the tape rather than
-// measure the local batch as if it were the global one.
-func gatherRows(st *Step, v *layers.Var) *layers.Var {
-	if st.Comm != nil && st.Comm.Size() > 1 {
-		st.Tape.Fail("all-gather", fmt.Errorf("%d replicas: the tape's all-gather is not available yet", st.Comm.Size()))
-		return nil
-	}
-	return v
 }
 
 // shapeOf is v's shape, or nil for a nil Var (an op that failed).

@@ -2,16 +2,19 @@ package ssl
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/e2mcvk/e2mcvk/internal/oracle"
 	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/loader"
+	"github.com/e2mcvk/e2mcvk/vk"
 	"github.com/e2mcvk/e2mcvk/vk/vktest"
 )
 
@@ -112,59 +115,80 @@ func TestVICRegMatchesTorch(t *testing.T) {
 }
 
 // vicregStep takes one step of the method (and E2MC) on the oracle's
-// checkpoint and views and returns the loss terms and the model's state.
+// checkpoint and views on the test device, alone.
 func vicregStep(t *testing.T, o *vicregOracle, ckpt *loader.Parts, views *loader.Array, withE2MC bool) (map[string]float64, map[string]layers.HostTensor) {
 	t.Helper()
-	ctx := context.Background()
-	d := vktest.Device(t)
-	m, err := NewVICReg(VICRegOptions{})
+	per := len(views.Data) / views.Shape[0]
+	var vs [][]float32
+	for v := 0; v < views.Shape[0]; v++ {
+		vs = append(vs, toF32s(views.Data[v*per:(v+1)*per]))
+	}
+	terms, state, err := vicregReplicaStep(vktest.Device(t), NewGroup(1).Comm(0), o, ckpt, vs, views.Shape[2:], withE2MC)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return terms, state
+}
+
+// vicregReplicaStep is one replica's step, as the trainer takes it: forward
+// and loss on its share of the batch (views, each [b, C, H, W] with image
+// shape img), E2MC, backward, gradient averaging over comm's group, LARS.
+// It returns the loss terms ("loss" the total) and the model's state. It
+// reports errors rather than failing the test, for replicas on goroutines.
+func vicregReplicaStep(d *vk.Device, comm *Comm, o *vicregOracle, ckpt *loader.Parts, views [][]float32, img []int, withE2MC bool) (map[string]float64, map[string]layers.HostTensor, error) {
+	ctx := context.Background()
+	m, err := NewVICReg(VICRegOptions{})
+	if err != nil {
+		return nil, nil, err
 	}
 	cfg, err := loader.ResNetConfigFor(ckpt)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	model, err := m.NewModel(ctx, d, cfg, ckpt, nil)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	defer model.Release()
 	if spec := model.Heads[loader.HeadProjector].Config.Spec; spec != o.MLP {
-		t.Fatalf("projector %q, want the checkpoint's %q", spec, o.MLP)
+		return nil, nil, fmt.Errorf("projector %q, want the checkpoint's %q", spec, o.MLP)
 	}
 	s, err := d.NewStream()
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	defer s.Close()
-	per := len(views.Data) / views.Shape[0]
+	per := 1
+	for _, n := range img {
+		per *= n
+	}
 	var vs []*layers.Var
-	for v := 0; v < views.Shape[0]; v++ {
-		x, err := layers.FromHost(ctx, d, toF32s(views.Data[v*per:(v+1)*per]), views.Shape[1:]...)
+	for _, v := range views {
+		x, err := layers.FromHost(ctx, d, v, append([]int{len(v) / per}, img...)...)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		defer x.Release()
 		vs = append(vs, layers.Constant(x))
 	}
 	tp := layers.NewTape(s)
 	defer tp.Release()
-	st := &Step{Ctx: ctx, Tape: tp, Model: model, Views: vs, Comm: NewGroup(1).Comm(0)}
+	tp.SetCollective(ctx, comm)
+	st := &Step{Ctx: ctx, Tape: tp, Model: model, Views: vs, Comm: comm}
 	loss, err := m.Loss(st)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	total := loss.Total
 	host := map[string]float64{}
 	if withE2MC {
 		reg, err := NewE2MC(d, "vicreg", o.Ent, o.Cov)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		pen, err := reg.Apply(st, loss.Embeddings)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		total = tp.Add(total, pen.Add)
 		for k, v := range pen.HostTerms {
@@ -178,44 +202,116 @@ func vicregStep(t *testing.T, o *vicregOracle, ckpt *loader.Parts, views *loader
 	}
 	for _, v := range kept {
 		tp.Keep(v)
+		defer v.Value.Release()
 	}
 	if err := tp.Backward(total); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
+	}
+	params := append(layers.Parameters(model.Backbone), layers.Parameters(model.Heads[loader.HeadProjector])...)
+	defer func() {
+		for _, p := range params {
+			p.ZeroGrad()
+		}
+	}()
+	if err := layers.AverageGradients(ctx, s, params, comm); err != nil {
+		return nil, nil, err
 	}
 	opt, err := m.NewOptimizer(m.ParamGroups(model, o.WD, 0))
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	defer opt.Release()
 	if err := opt.Step(s, o.LR); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	if err := s.Run(ctx); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	for k, v := range kept {
 		x, err := v.Value.Download(ctx)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
-		v.Value.Release()
 		host[k] = float64(x[0])
 	}
 	host["loss"] = host["vicreg"] + host["e2mc"]
-	for _, p := range append(layers.Parameters(model.Backbone), layers.Parameters(model.Heads[loader.HeadProjector])...) {
-		p.ZeroGrad()
-	}
 	state := map[string]layers.HostTensor{}
 	for prefix, mod := range map[string]layers.Module{"backbone.": model.Backbone, "projector.": model.Heads[loader.HeadProjector]} {
 		sd, err := layers.StateDict(ctx, mod)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		for k, v := range sd {
 			state[prefix+k] = v
 		}
 	}
-	return host, state
+	return host, state, nil
+}
+
+// TestVICRegReplicas: two replicas with half the batch each take the step
+// one replica takes with the whole batch (std, cov and E2MC on the gathered
+// embeddings, batch norms synchronised, gradients averaged): the same
+// global terms (the invariance term is each replica's own half, so their
+// mean is the whole batch's) and the same updated state, to the tolerances
+// of the PyTorch comparison.
+func TestVICRegReplicas(t *testing.T) {
+	o := torchVICReg(t)
+	ckpt := o.readParts(t, "ckpt.pth")
+	views, err := loader.ReadNpy(filepath.Join(o.dir, "views.npy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wholeTerms, wholeState := vicregStep(t, o, ckpt, views, true)
+	d := vktest.Device(t)
+	devs := []*vk.Device{d, vktest.Open(t, d.Info.Index, 1)}
+	g := NewGroup(2)
+	per := len(views.Data) / views.Shape[0]
+	half := per / 2
+	terms := make([]map[string]float64, 2)
+	states := make([]map[string]layers.HostTensor, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		var part [][]float32
+		for v := 0; v < views.Shape[0]; v++ {
+			part = append(part, toF32s(views.Data[v*per+r*half:v*per+(r+1)*half]))
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if terms[r], states[r], errs[r] = vicregReplicaStep(devs[r], g.Comm(r), o, ckpt, part, views.Shape[2:], true); errs[r] != nil {
+				g.Abort(errs[r])
+			}
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("replica %d: %v", r, err)
+		}
+	}
+	for r := range 2 {
+		for _, term := range []string{"std", "cov", "e2mc", "ent", "cov_e2mc"} {
+			if g, w := terms[r][term], wholeTerms[term]; math.Abs(g-w) > 1e-4*math.Abs(w) {
+				t.Errorf("replica %d: %s = %.7g, want %.7g", r, term, g, w)
+			}
+		}
+		init := map[string]layers.HostTensor{}
+		for k, v := range ckpt.Backbone {
+			init["backbone."+k] = v
+		}
+		for k, v := range ckpt.Heads[loader.HeadProjector] {
+			init["projector."+k] = v
+		}
+		t.Run(fmt.Sprintf("replica%d", r), func(t *testing.T) { compareState(t, states[r], wholeState, init) })
+	}
+	sim := (terms[0]["sim"] + terms[1]["sim"]) / 2
+	if w := wholeTerms["sim"]; math.Abs(sim-w) > 1e-4*math.Abs(w) {
+		t.Errorf("the replicas' mean sim = %.7g, want %.7g", sim, w)
+	}
+	if math.Abs(terms[0]["sim"]-terms[1]["sim"]) < 1e-3*math.Abs(sim) {
+		t.Errorf("both halves report sim %v: the test proves nothing", terms[0]["sim"])
+	}
 }
 
 // compareState holds every tensor of got to want: 1e-4 relative error in
@@ -275,7 +371,7 @@ func compareState(t *testing.T, got, want, init map[string]layers.HostTensor) {
 		}
 		moved++
 		if e := math.Sqrt(diff / norm); e > 1e-3 {
-			t.Errorf("%s: the update differs from PyTorch's by %.3g relative", name, e)
+			t.Errorf("%s: the update differs from the reference's by %.3g relative", name, e)
 		}
 	}
 	if moved == 0 {
