@@ -225,7 +225,8 @@ func TestAllGatherTape(t *testing.T) {
 // channel at mean 1000 and spread 0.01, and compares with float64 batch
 // normalisation of the union batch: output, running statistics, the input
 // gradient (global) and the weight and bias gradients (each replica's own
-// sums), for a loss sum(y * c) with a different c on each replica.
+// sums), for a loss sum(y * c) with a different c on each replica, under
+// both tunings of the kernels (their partial sums come in different slots).
 func TestSyncBatchNorm(t *testing.T) {
 	for _, tc := range []struct {
 		shape []int
@@ -235,10 +236,16 @@ func TestSyncBatchNorm(t *testing.T) {
 		{[]int{9, 6}, []int{2, 3, 4}},
 		{[]int{3, 3, 7, 11}, []int{1, 2}},
 		{[]int{5, 4, 4, 6}, []int{2, 1, 2}},
+		// Replica 1 runs on the split device: these cross its segments.
+		{[]int{600, 12}, []int{100, 500}},
+		{[]int{4, 5, 17, 19}, []int{2, 2}},
 	} {
-		t.Run(fmt.Sprint(tc.shape, tc.split), func(t *testing.T) {
-			checkSyncBatchNorm(t, tc.shape, tc.split)
-		})
+		for _, tuning := range []string{"cpu", "gpu"} {
+			t.Run(fmt.Sprint(tuning, tc.shape, tc.split), func(t *testing.T) {
+				t.Setenv(bnTuningEnv, tuning)
+				checkSyncBatchNorm(t, tc.shape, tc.split)
+			})
+		}
 	}
 }
 
