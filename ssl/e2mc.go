@@ -20,6 +20,12 @@ import (
 type E2MC struct {
 	d    *vk.Device
 	crit e2mc.Criterion
+	// grads are the last step's criterion gradients, which that step's
+	// backward pass reads. They are freed by the next Apply or by Release,
+	// not when the stream next runs: a caller may run the stream between
+	// Apply and Backward (to check the loss), before the backward pass has
+	// even recorded its reads of them.
+	grads []*layers.Tensor
 }
 
 // NewE2MC returns the criterion for method ("vicreg", "swav" or "simsiam")
@@ -56,11 +62,14 @@ func (r *E2MC) Params() e2mc.Params { return r.crit.Params }
 // its host terms are "ent" and "entropy" (the mean entropy of the two views)
 // and "cov_e2mc" (cov_a + cov_b). A NaN or infinite measurement is no error
 // here: the values are reported as they are, for the trainer to stop on
-// before any weight changes.
+// before any weight changes. Apply is called once per step, after the
+// previous step's stream has run (it frees that step's buffers).
 func (r *E2MC) Apply(st *Step, z []*layers.Var) (*Penalty, error) {
 	if len(z) < 2 {
 		return nil, fmt.Errorf("e2mc: %d views of embeddings; want 2", len(z))
 	}
+	// The previous step's stream has run: its gradients are free to go.
+	r.Release()
 	tp := st.Tape
 	za, zb := tp.AllGather(z[0]), tp.AllGather(z[1])
 	if err := tp.Err(); err != nil {
@@ -73,7 +82,7 @@ func (r *E2MC) Apply(st *Step, z []*layers.Var) (*Penalty, error) {
 	c := r.crit
 	c.M = e2mc.Window(shape[0])
 	// The gradients are the criterion's output; the surrogates read them
-	// in the backward pass, so they live until the step's stream has run.
+	// in the backward pass, so they live until the next step.
 	ga, err := layers.New(r.d, shape...)
 	if err != nil {
 		return nil, fmt.Errorf("e2mc: %w", err)
@@ -90,8 +99,7 @@ func (r *E2MC) Apply(st *Step, z []*layers.Var) (*Penalty, error) {
 		gb.Release()
 		return nil, fmt.Errorf("e2mc: %w", err)
 	}
-	tp.Stream().AfterRun(ga.Release)
-	tp.Stream().AfterRun(gb.Release)
+	r.grads = []*layers.Tensor{ga, gb}
 	add := tp.Add(Surrogate(tp, za, ga), Surrogate(tp, zb, gb))
 	if err := tp.Err(); err != nil {
 		return nil, fmt.Errorf("e2mc: %w", err)
@@ -108,5 +116,11 @@ func (r *E2MC) Apply(st *Step, z []*layers.Var) (*Penalty, error) {
 	}, nil
 }
 
-// Release does nothing: the criterion's buffers live for one step.
-func (r *E2MC) Release() {}
+// Release frees the last step's gradient buffers; the stream that read
+// them must have run.
+func (r *E2MC) Release() {
+	for _, g := range r.grads {
+		g.Release()
+	}
+	r.grads = nil
+}

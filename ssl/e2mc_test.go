@@ -160,6 +160,7 @@ func TestE2MCApply(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer reg.Release()
 			views := randViews(uint64(i+1), c.n, c.d, c.mu, c.sigma)
 			pen, _, grads := regGrads(t, reg, views, c.n, c.d)
 			p := reg.Params()
@@ -198,5 +199,23 @@ func TestE2MCNeedsTwoViews(t *testing.T) {
 	}
 	if _, err := reg.Apply(&Step{Ctx: context.Background()}, []*layers.Var{nil}); err == nil {
 		t.Error("one view was accepted")
+	}
+}
+
+// TestE2MCApplyTwice runs two steps on one regulariser (the second frees
+// the first's gradient buffers): both give the same gradients.
+func TestE2MCApplyTwice(t *testing.T) {
+	reg, err := NewE2MC(vktest.Device(t), "vicreg", 10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Release()
+	views := randViews(9, 27, 13, 0, 1)
+	_, _, first := regGrads(t, reg, views, 27, 13)
+	_, _, second := regGrads(t, reg, views, 27, 13)
+	for v := range first {
+		if e := relErr2(t, second[v], first[v]); e != 0 {
+			t.Errorf("view %d: the second step's gradient differs by %.3g", v, e)
+		}
 	}
 }

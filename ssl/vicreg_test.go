@@ -186,6 +186,7 @@ func vicregReplicaStep(d *vk.Device, comm *Comm, o *vicregOracle, ckpt *loader.P
 		if err != nil {
 			return nil, nil, err
 		}
+		defer reg.Release()
 		pen, err := reg.Apply(st, loss.Embeddings)
 		if err != nil {
 			return nil, nil, err
