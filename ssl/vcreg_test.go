@@ -58,9 +58,10 @@ func TestVCRegApply(t *testing.T) {
 		n, d     int
 		std, cov float64
 	}{
-		{2, 3, 25, 1},
-		{13, 9, 25, 1},
-		{37, 21, 2.5, 0.7},
+		{2, 3, 25, 1},      // fewer rows than columns: the Gram matrix
+		{9, 33, 25, 1},     // likewise
+		{13, 9, 25, 1},     // more rows: the covariance matrix
+		{37, 21, 2.5, 0.7}, // likewise
 	}
 	for i, c := range cases {
 		t.Run(fmt.Sprintf("n%d_d%d", c.n, c.d), func(t *testing.T) {

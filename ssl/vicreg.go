@@ -143,6 +143,9 @@ func (v *VICReg) Loss(st *Step) (*Loss, error) {
 	tp := st.Tape
 	x := proj.Forward(tp, st.Model.Backbone.Forward(tp, st.Views[0]))
 	y := proj.Forward(tp, st.Model.Backbone.Forward(tp, st.Views[1]))
+	// The invariance term is this replica's own (main_vicreg.py takes it
+	// before the gather): with equal shares of the batch, the global
+	// batch's value is the mean over the replicas.
 	repr := tp.MSE(x, y)
 	std, cov := varCov(tp, tp.AllGather(x), tp.AllGather(y))
 	total := tp.Add(tp.Add(tp.Scale(repr, float32(v.opts.SimCoeff)), tp.Scale(std, float32(v.opts.StdCoeff))),
@@ -185,11 +188,22 @@ func varCovView(tp *layers.Tape, z *layers.Var) (std, cov *layers.Var) {
 	}
 	zc := tp.CenterColumns(z)
 	std = tp.Mean(tp.Relu(tp.Affine(tp.ColumnStd(zc, vicregStdEps), -1, 1)))
-	c := tp.Scale(tp.MatMul(zc, zc, true, false), 1/float32(n-1))
-	// The off-diagonal squares are all squares less the diagonal's (its
-	// entries are the columns' variances): no D x D mask to store.
+	// The off-diagonal squares are all squares of C = zc^T zc/(N-1) less
+	// the diagonal's (the columns' variances): no D x D mask. And ||C||^2 =
+	// ||zc zc^T||^2/(N-1)^2, so with fewer rows than columns (VICReg's 512
+	// x 8192) the N x N Gram matrix gives it at N/D of the cost and memory;
+	// the off-diagonal part is then the larger, so the subtraction loses
+	// nothing.
+	var all *layers.Var
+	if n < d {
+		k := tp.MatMul(zc, zc, false, true)
+		all = tp.Scale(tp.Sum(tp.Mul(k, k)), 1/float32((n-1)*(n-1)))
+	} else {
+		c := tp.Scale(tp.MatMul(zc, zc, true, false), 1/float32(n-1))
+		all = tp.Sum(tp.Mul(c, c))
+	}
 	diag := tp.Scale(tp.SumColumns(tp.Mul(zc, zc)), 1/float32(n-1))
-	off := tp.Sub(tp.Sum(tp.Mul(c, c)), tp.Sum(tp.Mul(diag, diag)))
+	off := tp.Sub(all, tp.Sum(tp.Mul(diag, diag)))
 	return std, tp.Scale(off, 1/float32(d))
 }
 
