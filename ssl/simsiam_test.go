@@ -485,3 +485,123 @@ func TestSimSiamTwoReplicasMatchTorch(t *testing.T) {
 // entries near zero: 1e-4 of the smallest typical magnitude among the
 // state's tensors (running means and conv weights of order 1e-2).
 const simsiamFloor = 1e-6
+
+// TestSimSiamFreshModel builds SimSiam without a checkpoint and checks it
+// against simsiam/builder.py as PyTorch built it for the oracle: the same
+// state names and shapes in the same order, the projector's last bias
+// frozen, zero_init_residual, and the official head sizes by default.
+func TestSimSiamFreshModel(t *testing.T) {
+	_, cases, _, cfg, _, _ := simsiamSetup(t)
+	ctx := context.Background()
+	d := vktest.Device(t)
+	method, err := NewSimSiam(SimSiamOptions{Dim: 64, PredDim: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	model, err := method.NewModel(ctx, d, cfg, nil, rand.New(rand.NewPCG(3, 4)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer model.Release()
+	want := cases["plain"].After
+	entries := simsiamEntries(model)
+	if len(entries) != len(want) {
+		t.Errorf("%d state entries, PyTorch's SimSiam has %d", len(entries), len(want))
+	}
+	for _, e := range entries {
+		var shape []int
+		switch {
+		case e.Param != nil:
+			shape = e.Param.Shape()
+		case e.Buffer != nil:
+			shape = e.Buffer.Shape()
+		default:
+			shape = []int{}
+		}
+		if w, ok := want[e.Name]; !ok || !slices.Equal(w, shape) {
+			t.Errorf("%s: shape %v, PyTorch's %v (present: %v)", e.Name, shape, w, ok)
+		}
+	}
+	if b := model.Heads[loader.HeadProjector].Linears[2].Bias; b == nil || b.RequiresGrad() {
+		t.Error("the projector's last bias is missing or trainable")
+	}
+	// zero_init_residual: the last norm of each block starts at 0, the
+	// others at 1.
+	for si, stage := range model.Backbone.Layers {
+		for bi, blk := range stage {
+			for ni, bn := range blk.BNs {
+				w, err := bn.Weight.Value.Download(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := float32(1)
+				if ni == len(blk.BNs)-1 {
+					want = 0
+				}
+				for _, v := range w {
+					if v != want {
+						t.Errorf("layer%d.%d.bn%d.weight holds %v, want all %v", si+1, bi, ni+1, v, want)
+						break
+					}
+				}
+			}
+		}
+	}
+	// The encoder group holds encoder.parameters(), the frozen bias too, as
+	// main_simsiam.py hands them to SGD.
+	groups := method.ParamGroups(model, simsiamWD, 0.5)
+	var enc, pred int
+	for name := range want {
+		if strings.HasSuffix(name, "running_mean") || strings.HasSuffix(name, "running_var") || strings.HasSuffix(name, "num_batches_tracked") {
+			continue
+		}
+		if strings.HasPrefix(name, "module.encoder.") {
+			enc++
+		} else {
+			pred++
+		}
+	}
+	if len(groups) != 2 || len(groups[0].Params) != enc || len(groups[1].Params) != pred ||
+		groups[0].WeightDecay != simsiamWD || groups[1].WeightDecay != simsiamWD || groups[1].FixedLR != 0.5 {
+		t.Errorf("param groups of %d and %d parameters, want %d and %d", len(groups[0].Params), len(groups[1].Params), enc, pred)
+	}
+
+	def, err := NewSimSiam(SimSiamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := def.NewModel(ctx, d, cfg, nil, rand.New(rand.NewPCG(5, 6)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer big.Release()
+	f := big.Backbone.Features
+	for head, spec := range map[string]layers.MLPConfig{
+		loader.HeadProjector: {Spec: fmt.Sprintf("%d-%d-2048", f, f), LastBias: true, LastBN: true},
+		loader.HeadPredictor: {Spec: "512-2048", LastBias: true},
+	} {
+		if got := big.Heads[head].Config; got != spec {
+			t.Errorf("default %s %+v, want %+v", head, got, spec)
+		}
+	}
+}
+
+// TestSimSiamRefuses checks the errors of bad options, views and state.
+func TestSimSiamRefuses(t *testing.T) {
+	if _, err := NewSimSiam(SimSiamOptions{Dim: -1}); err == nil {
+		t.Error("a negative dim was accepted")
+	}
+	m, err := NewSimSiam(SimSiamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Loss(&Step{Views: make([]*layers.Var, 3)}); err == nil {
+		t.Error("three views were accepted")
+	}
+	if err := m.LoadState(context.Background(), map[string]layers.HostTensor{"queue": {}}); err == nil {
+		t.Error("a state was accepted")
+	}
+	if _, err := m.NewModel(context.Background(), vktest.Device(t), layers.ResNetConfig{Depth: 18, Width: 8, Classes: 10}, nil, rand.New(rand.NewPCG(1, 1))); err == nil {
+		t.Error("a backbone with classes was accepted")
+	}
+}
