@@ -55,13 +55,13 @@ type trainCmd struct {
 	ImageSize int      `name:"image-size" default:"32" help:"Size of the large views; the methods' 224 px crops become this, SwAV's 96 px crops are scaled alike."`
 	Data      string   `name:"data" default:"fashion-mnist:train" placeholder:"SPEC" help:"Training images: fashion-mnist:train, cifar10:DIR:train, an ImageFolder DIR or DIR@LIST.txt."`
 	Out       string   `name:"out" default:"e2mcvk-run" placeholder:"DIR" help:"Run directory: last.safetensors (+ optimizer and method state), metrics.jsonl, loss.png, entropy.png."`
-	Device    string   `name:"device" default:"0" placeholder:"I,J" help:"Devices to train on, comma-separated (see e2mcvk devices); 0,0 makes two replicas on device 0."`
+	Device    string   `name:"device" default:"" placeholder:"I,J" help:"Devices to train on, comma-separated (see e2mcvk devices); 0,0 makes two replicas on device 0 (default 0, or the resumed run's)."`
 	Resume    bool     `name:"resume" help:"Continue the run in --out where its last checkpoint left it; the run's settings come from the checkpoint."`
-	SaveEvery int      `name:"save-every" default:"100" help:"Also save the run state every N steps (0: only each epoch and at the end)."`
-	LogEvery  int      `name:"log-every" default:"10" help:"Log to metrics.jsonl and stderr every N steps (the first and last always)."`
+	SaveEvery *int     `name:"save-every" placeholder:"N" help:"Also save the run state every N steps; 0: only each epoch and at the end (default 100, or the resumed run's)."`
+	LogEvery  *int     `name:"log-every" placeholder:"N" help:"Log to metrics.jsonl and stderr every N steps, the first and last always (default 10, or the resumed run's)."`
 	NoAugment bool     `name:"no-augment" help:"No augmentation: every view is the image resized (shorter side) and centre-cropped to its size, then normalised."`
 	NoShuffle bool     `name:"no-shuffle" help:"Take the images in data-set order."`
-	Workers   int      `name:"workers" default:"0" help:"Image-decoding goroutines (0: one a CPU)."`
+	Workers   *int     `name:"workers" placeholder:"N" help:"Image-decoding goroutines; 0: one a CPU (default 0, or the resumed run's)."`
 }
 
 // Help is the long help of `e2mcvk train --help`.
@@ -119,12 +119,40 @@ func (c *trainCmd) Run(e *env) error {
 	return c.train(e, p)
 }
 
-// runtimeFlags are the flags a resumed run takes from its command line;
-// every other flag comes from the checkpoint.
+// keepRuntimeFlags replaces c's flags by a resumed run's saved ones, except
+// --out and the flags that do not change the run's results where the
+// command line gives them: --device, --save-every, --log-every, --workers.
 func (c *trainCmd) keepRuntimeFlags(saved *trainCmd) {
-	saved.Out, saved.Resume, saved.Device = c.Out, c.Resume, c.Device
-	saved.SaveEvery, saved.LogEvery, saved.Workers = c.SaveEvery, c.LogEvery, c.Workers
+	saved.Out, saved.Resume = c.Out, c.Resume
+	if c.Device != "" {
+		saved.Device = c.Device
+	}
+	if c.SaveEvery != nil {
+		saved.SaveEvery = c.SaveEvery
+	}
+	if c.LogEvery != nil {
+		saved.LogEvery = c.LogEvery
+	}
+	if c.Workers != nil {
+		saved.Workers = c.Workers
+	}
 	*c = *saved
+}
+
+// setDefaults gives the flags that a resumed run may take from its
+// checkpoint their defaults where neither gives them.
+func (c *trainCmd) setDefaults() {
+	if c.Device == "" {
+		c.Device = "0"
+	}
+	setInt := func(p **int, v int) {
+		if *p == nil {
+			*p = &v
+		}
+	}
+	setInt(&c.SaveEvery, 100)
+	setInt(&c.LogEvery, 10)
+	setInt(&c.Workers, 0)
 }
 
 // plan checks the flags and works out the run.
@@ -151,6 +179,7 @@ func (c *trainCmd) plan(e *env) (*trainPlan, error) {
 	} else if _, err := os.Stat(ckpt); err == nil {
 		return nil, fmt.Errorf("%s already holds a run (%s): continue it with --resume, or choose another --out", c.Out, checkpointName)
 	}
+	c.setDefaults()
 	if err := c.check(); err != nil {
 		return nil, err
 	}
@@ -261,10 +290,10 @@ func (c *trainCmd) check() error {
 		return bad("--image-size %d: want at least 8", c.ImageSize)
 	case c.Width < 1:
 		return bad("--width %d: want at least 1", c.Width)
-	case c.SaveEvery < 0 || c.LogEvery < 1:
+	case *c.SaveEvery < 0 || *c.LogEvery < 1:
 		return bad("--save-every must not be negative and --log-every must be at least 1")
-	case c.Workers < 0:
-		return bad("--workers %d must not be negative", c.Workers)
+	case *c.Workers < 0:
+		return bad("--workers %d must not be negative", *c.Workers)
 	case c.Dim < 0 || c.PredDim < 0 || c.Prototypes < 0:
 		return bad("--dim, --pred-dim and --prototypes must not be negative")
 	case c.PredLR < 0 || (c.LR != nil && *c.LR < 0) || (c.WD != nil && *c.WD < 0):
@@ -323,7 +352,7 @@ func newDataSource(c *trainCmd, p *trainPlan, log io.Writer) *dataSource {
 	return &dataSource{
 		pipe: &loader.Pipeline{
 			Data: p.data, Views: p.views, BatchSize: c.BatchSize, Seed: c.Seed,
-			Workers: c.Workers, Log: log,
+			Workers: *c.Workers, Log: log,
 		},
 		noAugment: c.NoAugment,
 		noShuffle: c.NoShuffle,

@@ -223,7 +223,7 @@ func TestPlainBatches(t *testing.T) {
 	}
 	p := &trainPlan{data: ds, views: views}
 	for _, mode := range []struct{ noAugment, noShuffle bool }{{true, true}, {true, false}, {false, true}} {
-		c := &trainCmd{BatchSize: 4, Seed: 5, NoAugment: mode.noAugment, NoShuffle: mode.noShuffle, Workers: 2}
+		c := &trainCmd{BatchSize: 4, Seed: 5, NoAugment: mode.noAugment, NoShuffle: mode.noShuffle, Workers: new(int)}
 		src := newDataSource(c, p, nil)
 		all := collectBatches(t, src, 1, 0)
 		if len(all) != 3 {
