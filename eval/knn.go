@@ -1,7 +1,6 @@
 package eval
 
 import (
-	"cmp"
 	"container/heap"
 	"context"
 	"fmt"
@@ -11,6 +10,9 @@ import (
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
+
+	"github.com/e2mcvk/e2mcvk/layers"
+	"github.com/e2mcvk/e2mcvk/vk"
 )
 
 // Defaults of the kNN protocol (InstDisc, DINO).
@@ -24,8 +26,10 @@ const (
 // neighbour of similarity s adds exp(s/temp) to its class's score. It returns
 // the scores, test.N rows of train.Classes values. Features are
 // L2-normalised (float32) before the similarities are taken; among equally
-// similar neighbours the earlier training row wins.
-func KNNScores(ctx context.Context, train, test *Features, k int, temp float64) ([]float64, error) {
+// similar neighbours the earlier training row wins. The similarities are
+// computed on dev (a GEMM per block of test rows) or, with dev nil, on the
+// host; the neighbours are chosen on the host.
+func KNNScores(ctx context.Context, dev *vk.Device, train, test *Features, k int, temp float64) ([]float64, error) {
 	if err := train.check("training"); err != nil {
 		return nil, err
 	}
@@ -41,53 +45,132 @@ func KNNScores(ctx context.Context, train, test *Features, k int, temp float64) 
 	k = min(k, train.N)
 	tr := normalizedRows(train)
 	te := normalizedRows(test)
+	sims := hostSims(tr, te, train.N, test.D)
+	block := 64
+	if dev != nil {
+		ds, err := newDeviceSims(ctx, dev, tr, train.N, train.D)
+		if err != nil {
+			return nil, err
+		}
+		defer ds.release()
+		sims = func(lo, rows int, out []float32) error {
+			return ds.block(ctx, te[lo*test.D:(lo+rows)*test.D], rows, out)
+		}
+		block = 512
+	}
 	classes := train.Classes
 	scores := make([]float64, test.N*classes)
-	const block = 64
-	blocks := make(chan int)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for range max(1, runtime.GOMAXPROCS(0)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sims := make([]float32, block*train.N)
-			nb := &neighbours{}
-			for lo := range blocks {
-				if err := ctx.Err(); err != nil {
-					mu.Lock()
-					firstErr = cmp.Or(firstErr, err)
-					mu.Unlock()
-					continue
-				}
-				rows := min(block, test.N-lo)
-				c := blas32.General{Rows: rows, Cols: train.N, Stride: train.N, Data: sims[:rows*train.N]}
-				a := blas32.General{Rows: rows, Cols: test.D, Stride: test.D, Data: te[lo*test.D : (lo+rows)*test.D]}
-				b := blas32.General{Rows: train.N, Cols: train.D, Stride: train.D, Data: tr}
-				blas32.Gemm(blas.NoTrans, blas.Trans, 1, a, b, 0, c)
-				for r := range rows {
-					nb.top(sims[r*train.N:(r+1)*train.N], k)
+	buf := make([]float32, block*train.N)
+	workers := max(1, runtime.GOMAXPROCS(0))
+	heaps := make([]neighbours, workers)
+	for lo := 0; lo < test.N; lo += block {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		rows := min(block, test.N-lo)
+		if err := sims(lo, rows, buf[:rows*train.N]); err != nil {
+			return nil, err
+		}
+		// The vote of each row, rows shared among the workers.
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				nb := &heaps[w]
+				for r := w; r < rows; r += workers {
+					row := buf[r*train.N : (r+1)*train.N]
+					nb.top(row, k)
 					out := scores[(lo+r)*classes : (lo+r+1)*classes]
 					for _, j := range nb.idx {
-						out[train.Labels[j]] += math.Exp(float64(sims[r*train.N+j]) / temp)
+						out[train.Labels[j]] += math.Exp(float64(row[j]) / temp)
 					}
 				}
-			}
-		}()
+			}()
+		}
+		wg.Wait()
 	}
-	for lo := 0; lo < test.N; lo += block {
-		blocks <- lo
-	}
-	close(blocks)
-	wg.Wait()
-	return scores, firstErr
+	return scores, nil
 }
 
-// KNN evaluates the kNN classifier of train on test and returns its top-1
-// and top-5 accuracy in percent.
-func KNN(ctx context.Context, train, test *Features, k int, temp float64) (top1, top5 float64, err error) {
-	scores, err := KNNScores(ctx, train, test, k, temp)
+// hostSims returns the function that writes the similarities of test rows
+// [lo, lo+rows) (normalised, te) with every training row (tr) into out, by
+// gonum's float32 GEMM on the host, split among the CPUs.
+func hostSims(tr, te []float32, n, d int) func(lo, rows int, out []float32) error {
+	return func(lo, rows int, out []float32) error {
+		a := blas32.General{Rows: rows, Cols: d, Stride: d, Data: te[lo*d : (lo+rows)*d]}
+		b := blas32.General{Rows: n, Cols: d, Stride: d, Data: tr}
+		var wg sync.WaitGroup
+		workers := max(1, runtime.GOMAXPROCS(0))
+		per := (rows + workers - 1) / workers
+		for r0 := 0; r0 < rows; r0 += per {
+			r1 := min(rows, r0+per)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sub := blas32.General{Rows: r1 - r0, Cols: d, Stride: d, Data: a.Data[r0*d : r1*d]}
+				c := blas32.General{Rows: r1 - r0, Cols: n, Stride: n, Data: out[r0*n : r1*n]}
+				blas32.Gemm(blas.NoTrans, blas.Trans, 1, sub, b, 0, c)
+			}()
+		}
+		wg.Wait()
+		return nil
+	}
+}
+
+// deviceSims holds the normalised training rows on a device and computes
+// blocks of similarities there.
+type deviceSims struct {
+	dev  *vk.Device
+	tr   *layers.Tensor
+	n, d int
+}
+
+func newDeviceSims(ctx context.Context, dev *vk.Device, tr []float32, n, d int) (*deviceSims, error) {
+	t, err := layers.FromHost(ctx, dev, tr, n, d)
+	if err != nil {
+		return nil, fmt.Errorf("kNN: training features on the device: %w", err)
+	}
+	return &deviceSims{dev: dev, tr: t, n: n, d: d}, nil
+}
+
+func (s *deviceSims) release() { s.tr.Release() }
+
+// block writes te (rows x d) times the training rows transposed into out.
+func (s *deviceSims) block(ctx context.Context, te []float32, rows int, out []float32) error {
+	st, err := s.dev.NewStream()
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	a, err := layers.FromHost(ctx, s.dev, te, rows, s.d)
+	if err != nil {
+		return err
+	}
+	defer a.Release()
+	c, err := layers.New(s.dev, rows, s.n)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	if err := layers.Gemm(st, 1, a, false, s.tr, true, 0, c); err != nil {
+		return fmt.Errorf("kNN similarities: %w", err)
+	}
+	if err := st.Run(ctx); err != nil {
+		return err
+	}
+	got, err := c.Download(ctx)
+	if err != nil {
+		return err
+	}
+	copy(out, got)
+	return nil
+}
+
+// KNN evaluates the kNN classifier of train on test (on dev, or on the host
+// with dev nil) and returns its top-1 and top-5 accuracy in percent.
+func KNN(ctx context.Context, dev *vk.Device, train, test *Features, k int, temp float64) (top1, top5 float64, err error) {
+	scores, err := KNNScores(ctx, dev, train, test, k, temp)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -6,6 +6,9 @@ import (
 	"math/rand/v2"
 	"sort"
 	"testing"
+
+	"github.com/e2mcvk/e2mcvk/vk"
+	"github.com/e2mcvk/e2mcvk/vk/vktest"
 )
 
 // knnReference is the vote computed directly in float64: cosine
@@ -51,8 +54,10 @@ func knnReference(train, test *Features, k int, temp float64) []float64 {
 // on synthetic features of awkward sizes: each class score to a relative
 // 1e-4 of the row's largest score (float32 similarities, exp(s/0.07)
 // magnifies their rounding by about 15), the accuracies exactly; also k
-// larger than the training set.
+// larger than the training set. Both ways: similarities on the host and on
+// the device (also a device whose buffers are split).
 func TestKNNMatchesReference(t *testing.T) {
+	devs := map[string]*vk.Device{"host": nil, "device": vktest.Device(t), "split device": vktest.SplitDevice(t, 64<<10)}
 	rng := rand.New(rand.NewPCG(3, 5))
 	means := classMeans(rng, 7, 37, 0.5)
 	train := syntheticFeatures(rng, means, 613)
@@ -61,37 +66,39 @@ func TestKNNMatchesReference(t *testing.T) {
 		k    int
 		temp float64
 	}{{KNNDefaultK, KNNDefaultTemp}, {20, 0.5}, {1000, 0.07}} {
-		got, err := KNNScores(context.Background(), train, test, c.k, c.temp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := knnReference(train, test, c.k, c.temp)
-		worst := 0.0
-		for i := range test.N {
-			row := want[i*train.Classes : (i+1)*train.Classes]
-			top := 0.0
-			for _, v := range row {
-				top = max(top, v)
+		for name, dev := range devs {
+			got, err := KNNScores(context.Background(), dev, train, test, c.k, c.temp)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if top == 0 {
-				t.Fatalf("row %d has no votes", i)
+			want := knnReference(train, test, c.k, c.temp)
+			worst := 0.0
+			for i := range test.N {
+				row := want[i*train.Classes : (i+1)*train.Classes]
+				top := 0.0
+				for _, v := range row {
+					top = max(top, v)
+				}
+				if top == 0 {
+					t.Fatalf("row %d has no votes", i)
+				}
+				for j, v := range row {
+					worst = max(worst, math.Abs(got[i*train.Classes+j]-v)/top)
+				}
 			}
-			for j, v := range row {
-				worst = max(worst, math.Abs(got[i*train.Classes+j]-v)/top)
+			if worst > 1e-4 || !finite(got) {
+				t.Errorf("%s, k %d T %g: scores differ from the reference by %.3g of the row's largest", name, c.k, c.temp, worst)
 			}
-		}
-		if worst > 1e-4 || !finite(got) {
-			t.Errorf("k %d T %g: scores differ from the reference by %.3g of the row's largest", c.k, c.temp, worst)
-		}
-		g1, g5 := TopK(got, train.Classes, test.Labels)
-		w1, w5 := TopK(want, train.Classes, test.Labels)
-		if g1 != w1 || g5 != w5 {
-			t.Errorf("k %d T %g: top1/top5 %.2f/%.2f, reference %.2f/%.2f", c.k, c.temp, g1, g5, w1, w5)
-		}
-		if c.k == KNNDefaultK {
-			t.Logf("k %d: top1 %.2f top5 %.2f", c.k, g1, g5)
-			if g1 < 100.0/float64(train.Classes)+10 {
-				t.Errorf("top1 %.2f: hardly above chance, the test data says little", g1)
+			g1, g5 := TopK(got, train.Classes, test.Labels)
+			w1, w5 := TopK(want, train.Classes, test.Labels)
+			if g1 != w1 || g5 != w5 {
+				t.Errorf("%s, k %d T %g: top1/top5 %.2f/%.2f, reference %.2f/%.2f", name, c.k, c.temp, g1, g5, w1, w5)
+			}
+			if c.k == KNNDefaultK && dev == nil {
+				t.Logf("k %d: top1 %.2f top5 %.2f", c.k, g1, g5)
+				if g1 < 100.0/float64(train.Classes)+10 {
+					t.Errorf("top1 %.2f: hardly above chance, the test data says little", g1)
+				}
 			}
 		}
 	}
@@ -108,5 +115,30 @@ func TestTopK(t *testing.T) {
 	top1, top5 := TopK(scores, 6, []int{1, 1, 5})
 	if math.Abs(top1-100.0/3) > 1e-9 || math.Abs(top5-200.0/3) > 1e-9 {
 		t.Errorf("top1 %.4f top5 %.4f, want 33.3333 and 66.6667", top1, top5)
+	}
+}
+
+// BenchmarkKNN times the vote of 1000 test rows against Fashion-MNIST's
+// 60000 training rows of 512 features (a tenth of its test set), the
+// similarities on the host and on the device.
+func BenchmarkKNN(b *testing.B) {
+	for _, name := range []string{"host", "device"} {
+		b.Run(name, func(b *testing.B) { benchKNN(b, name) })
+	}
+}
+
+func benchKNN(b *testing.B, where string) {
+	var dev *vk.Device
+	if where == "device" {
+		dev = vktest.Device(b)
+	}
+	rng := rand.New(rand.NewPCG(1, 1))
+	means := classMeans(rng, 10, 512, 0.2)
+	train := syntheticFeatures(rng, means, 60000)
+	test := syntheticFeatures(rng, means, 1000)
+	for b.Loop() {
+		if _, _, err := KNN(context.Background(), dev, train, test, KNNDefaultK, KNNDefaultTemp); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -159,7 +159,7 @@ func TestEvalLinearKNN(t *testing.T) {
 		t.Errorf("the first run read features from an empty cache: %s", stderr)
 	}
 
-	w1, w5, err := eval.KNN(context.Background(), feats[0], feats[1], 5, 0.1)
+	w1, w5, err := eval.KNN(context.Background(), nil, feats[0], feats[1], 5, 0.1)
 	if err != nil {
 		t.Fatal(err)
 	}
