@@ -602,6 +602,9 @@ func shorten(v sym) string {
 // converts, torch.Size, a few dtypes, OrderedDict and _codecs.encode
 // (which protocol-2 pickles use for bytes).
 func allowedGlobal(module, name string) (any, bool) {
+	if lossFilter(module, name) {
+		return inertGlobal{module: module, name: name}, true
+	}
 	switch module {
 	case "collections":
 		if name == "OrderedDict" {
@@ -634,6 +637,19 @@ func allowedGlobal(module, name string) (any, bool) {
 	}
 	return nil, false
 }
+
+// lossFilter reports the functions a training script keeps by reference in
+// its optimizer's param groups: VICReg's LARS stores exclude_bias_and_norm
+// (main_vicreg.py, run as __main__), so every full VICReg checkpoint names
+// it. They load as inert references: never looked up, never called (an
+// inertGlobal is not callable, so a pickle that calls one fails).
+func lossFilter(module, name string) bool {
+	return name == "exclude_bias_and_norm" && (module == "__main__" || module == "main_vicreg")
+}
+
+// inertGlobal is an allowed reference to a function that is never called;
+// it loads as the string "global:module.name".
+type inertGlobal struct{ module, name string }
 
 // findAllowed is gopickle's FindClass hook.
 func findAllowed(module, name string) (any, error) {

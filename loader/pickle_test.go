@@ -122,6 +122,8 @@ func TestPickleCorrupt(t *testing.T) {
 		{"protocol 6", "\x80\x06N.", "protocol 6"},
 		{"persistent id without a hook", "X\x01\x00\x00\x00aQ.", "persistent id"},
 		{"REDUCE of a non-callable", "K\x01)R.", "corrupt pickle"},
+		// VICReg's LARS filter loads as an inert reference, never called.
+		{"REDUCE of an inert function reference", "c__main__\nexclude_bias_and_norm\n)R.", "corrupt pickle"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

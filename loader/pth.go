@@ -419,6 +419,8 @@ func (d *pthDecoder) convert(v any, depth int) (any, error) {
 		return string(*v), nil
 	case torchDType:
 		return "torch." + v.name, nil
+	case inertGlobal:
+		return "global:" + v.module + "." + v.name, nil
 	case sizeValue:
 		out := make([]any, len(v))
 		for i, n := range v {

@@ -1,6 +1,7 @@
 """PyTorch oracle of the .pth tests (loader/pth_test.go, pth_write_test.go).
 
 usage: torch_pth.py fixtures OUTDIR
+       torch_pth.py vicreg OUTDIR   (only the vicreg_* files, added to OUTDIR/manifest.json)
        torch_pth.py check DIR
 
 fixtures: writes the committed fixtures of loader/testdata/pth/ with torch.save
@@ -20,6 +21,11 @@ storages by memory address, so their bytes differ):
   hostile_{zip,legacy}.pth     torch.save of an object whose __reduce__ is
   hostile_pickle.pkl           (os.system, ("echo pwned",)); the .pkl is
                                pickle.dump (protocol 4: STACK_GLOBAL)
+  vicreg_{zip,legacy}.pth      a checkpoint as VICReg's main_vicreg.py saves
+                               it: its LARS keeps the function
+                               exclude_bias_and_norm (defined in __main__) in
+                               the optimizer's param groups; loaded as the
+                               string "global:__main__.exclude_bias_and_norm"
   checkpoint_zip_truncated.pth the zip checkpoint cut at 60%
   checkpoint_legacy_truncated.pth   the legacy one cut at 60%
 and manifest.json: for each file what loading must give, as a tree of
@@ -82,6 +88,8 @@ def encode(v):
         return {"str": str(v)}
     if v is None:
         return {"none": True}
+    if callable(v) and hasattr(v, "__qualname__"):
+        return {"str": "global:%s.%s" % (v.__module__, v.__qualname__)}
     raise TypeError(type(v))
 
 
@@ -128,6 +136,31 @@ def checkpoint():
     }
 
 
+def exclude_bias_and_norm(p):
+    """VICReg's LARS filter (main_vicreg.py), pickled by reference."""
+    return p.ndim == 1
+
+
+def vicreg_checkpoint():
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for g in opt.param_groups:  # what VICReg's LARS keeps in its defaults
+        g["weight_decay_filter"] = exclude_bias_and_norm
+        g["lars_adaptation_filter"] = exclude_bias_and_norm
+    model(torch.randn(4, 6)).square().mean().backward()
+    opt.step()
+    return {"epoch": 100, "model": model.state_dict(), "optimizer": opt.state_dict()}
+
+
+def vicreg_fixtures(out, manifest):
+    obj = vicreg_checkpoint()
+    torch.save(obj, os.path.join(out, "vicreg_zip.pth"))
+    torch.save(obj, os.path.join(out, "vicreg_legacy.pth"), _use_new_zipfile_serialization=False)
+    manifest["files"]["vicreg_zip.pth"] = encode(obj)
+    manifest["files"]["vicreg_legacy.pth"] = encode(obj)
+
+
 def fixtures(out):
     os.makedirs(out, exist_ok=True)
     manifest = {"files": {}}
@@ -136,6 +169,7 @@ def fixtures(out):
         torch.save(obj, os.path.join(out, name + "_legacy.pth"), _use_new_zipfile_serialization=False)
         manifest["files"][name + "_zip.pth"] = encode(obj)
         manifest["files"][name + "_legacy.pth"] = encode(obj)
+    vicreg_fixtures(out, manifest)
     hostile = {"model": collections.OrderedDict(w=torch.ones(2)), "x": Evil()}
     torch.save(hostile, os.path.join(out, "hostile_zip.pth"))
     torch.save(hostile, os.path.join(out, "hostile_legacy.pth"), _use_new_zipfile_serialization=False)
@@ -224,6 +258,14 @@ def main():
     torch.set_num_threads(1)
     if sys.argv[1] == "fixtures":
         fixtures(sys.argv[2])
+    elif sys.argv[1] == "vicreg":
+        path = os.path.join(sys.argv[2], "manifest.json")
+        with open(path) as f:
+            manifest = json.load(f)
+        vicreg_fixtures(sys.argv[2], manifest)
+        with open(path, "w") as f:
+            json.dump(manifest, f, separators=(",", ":"))
+            f.write("\n")
     elif sys.argv[1] == "check":
         check(sys.argv[2])
     else:
