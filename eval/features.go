@@ -142,31 +142,13 @@ func resNetMap(tp *layers.Tape, r *layers.ResNet, x *layers.Var) *layers.Var {
 }
 
 // Batch computes the features of n preprocessed images data [n, 3, h, w]
-// and returns them as n rows of dim values.
+// and returns them as n rows of len(rows)/n values.
 func (e *Extractor) Batch(ctx context.Context, data []float32, n, h, w int) (rows []float32, dim int, err error) {
-	s, err := e.dev.NewStream()
+	rows, err = forwardBatch(ctx, e.dev, data, n, h, w, e.Forward)
 	if err != nil {
-		return nil, 0, err
-	}
-	defer s.Close()
-	x, err := layers.FromHost(ctx, e.dev, data, n, 3, h, w)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer x.Release()
-	tp := layers.NewTape(s)
-	z := e.Forward(tp, layers.Constant(x))
-	tp.Keep(z)
-	tp.Release()
-	if err := tp.Err(); err != nil {
 		return nil, 0, fmt.Errorf("features of %d x %d images: %w", h, w, err)
 	}
-	defer z.Value.Release()
-	if err := s.Run(ctx); err != nil {
-		return nil, 0, err
-	}
-	rows, err = z.Value.Download(ctx)
-	return rows, z.Value.Dim(1), err
+	return rows, len(rows) / n, nil
 }
 
 // Dataset computes the features of every image of ds, preprocessed by pre,
