@@ -3,12 +3,15 @@ package main
 import (
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // Plot sizes: wide enough to read a few thousand steps.
@@ -18,7 +21,8 @@ const (
 )
 
 // writeLossPlot draws the total loss and every loss term of the records
-// over the steps into a PNG at path.
+// over the steps into a PNG at path, one panel each (the terms' scales
+// differ by orders of magnitude).
 func writeLossPlot(path string, recs []map[string]float64) error {
 	if len(recs) == 0 {
 		return fmt.Errorf("plot %s: no logged steps", path)
@@ -29,15 +33,59 @@ func writeLossPlot(path string, recs []map[string]float64) error {
 			names = append(names, k)
 		}
 	}
-	p := plot.New()
-	p.Title.Text = "Training loss"
-	p.X.Label.Text = "step"
-	p.Y.Label.Text = "loss"
-	p.Legend.Top = true
-	if err := addLines(p, recs, names); err != nil {
+	cols := min(2, len(names))
+	rows := (len(names) + cols - 1) / cols
+	panels := make([][]*plot.Plot, rows)
+	for i, name := range names {
+		p := plot.New()
+		p.Title.Text = name
+		p.X.Label.Text = "step"
+		xy := series(recs, name)
+		l, err := plotter.NewLine(xy)
+		if err != nil {
+			return fmt.Errorf("plot %s: %s: %w", path, name, err)
+		}
+		l.Color = plotutil.Color(i)
+		p.Add(l, plotter.NewGrid())
+		panels[i/cols] = append(panels[i/cols], p)
+	}
+	for r := range panels {
+		for len(panels[r]) < cols {
+			panels[r] = append(panels[r], nil)
+		}
+	}
+	img := vgimg.New(vg.Length(cols)*4*vg.Inch, vg.Length(rows)*2.5*vg.Inch)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: rows, Cols: cols, PadX: vg.Millimeter, PadY: vg.Millimeter,
+		PadTop: 2 * vg.Millimeter, PadBottom: 2 * vg.Millimeter, PadLeft: 2 * vg.Millimeter, PadRight: 2 * vg.Millimeter}
+	canvases := plot.Align(panels, tiles, dc)
+	for r := range panels {
+		for c, p := range panels[r] {
+			if p != nil {
+				p.Draw(canvases[r][c])
+			}
+		}
+	}
+	f, err := os.Create(path)
+	if err != nil {
 		return fmt.Errorf("plot %s: %w", path, err)
 	}
-	return savePlot(p, path)
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// series returns the records' values of key over their steps.
+func series(recs []map[string]float64, key string) plotter.XYs {
+	var xy plotter.XYs
+	for _, r := range recs {
+		if v, ok := r[key]; ok {
+			xy = append(xy, plotter.XY{X: r[metricStep], Y: v})
+		}
+	}
+	return xy
 }
 
 // writeEntropyPlot draws the mean entropy over the steps into a PNG at
@@ -50,9 +98,11 @@ func writeEntropyPlot(path string, recs []map[string]float64) (bool, error) {
 	p.Title.Text = "Mean entropy of the embeddings (m-spacing estimate)"
 	p.X.Label.Text = "step"
 	p.Y.Label.Text = "mean entropy (nats)"
-	if err := addLines(p, recs, []string{metricEntrpy}); err != nil {
+	l, err := plotter.NewLine(series(recs, metricEntrpy))
+	if err != nil {
 		return false, fmt.Errorf("plot %s: %w", path, err)
 	}
+	p.Add(l, plotter.NewGrid())
 	return true, savePlot(p, path)
 }
 
@@ -69,23 +119,6 @@ func termNames(recs []map[string]float64) []string {
 		}
 	}
 	return slices.Sorted(maps.Keys(seen))
-}
-
-// addLines adds one line per key over the records' steps, with a legend.
-func addLines(p *plot.Plot, recs []map[string]float64, keys []string) error {
-	var args []any
-	for _, k := range keys {
-		var xy plotter.XYs
-		for _, r := range recs {
-			if v, ok := r[k]; ok {
-				xy = append(xy, plotter.XY{X: r[metricStep], Y: v})
-			}
-		}
-		if len(xy) > 0 {
-			args = append(args, k, xy)
-		}
-	}
-	return plotutil.AddLines(p, args...)
 }
 
 func savePlot(p *plot.Plot, path string) error {
