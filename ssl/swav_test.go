@@ -122,17 +122,51 @@ func swavClose(t *testing.T, label string, got, want []float32, rel, floor float
 	}
 }
 
+// swavNorm returns the 2-norm of v.
+func swavNorm(v []float32) float64 {
+	var s float64
+	for _, x := range v {
+		s += float64(x) * float64(x)
+	}
+	return math.Sqrt(s)
+}
+
+// swavNormClose fails unless ||got - want|| <= tol * ||want|| (2-norms).
+func swavNormClose(t *testing.T, label string, got, want []float32, tol float64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: %d values, want %d", label, len(got), len(want))
+		return
+	}
+	var diff, norm float64
+	for i := range want {
+		d := float64(got[i]) - float64(want[i])
+		diff += d * d
+		norm += float64(want[i]) * float64(want[i])
+	}
+	switch e := math.Sqrt(diff / norm); {
+	case norm == 0:
+		t.Errorf("%s: the reference is all zeros; choose inputs that test something", label)
+	case math.IsNaN(e) || e > tol:
+		t.Errorf("%s: relative error %.3g > %.3g", label, e, tol)
+	case e > tol/4:
+		t.Logf("%s: relative error %.3g", label, e)
+	}
+}
+
 // swavRun is one training step of method on model, as the trainer takes it
 // on one replica: prepare, forward and loss, the regularizer, backward,
 // BeforeUpdate, the optimizer step.
 type swavRun struct {
 	swav, term, e2mc float64
 	pen              *Penalty
+	grads            map[string][]float32 // before the optimizer step
 }
 
 func swavStep(t *testing.T, d *vk.Device, method *SwAV, model *Model, comm *Comm, views [][]float32, batch, iteration int, reg Regularizer) swavRun {
 	t.Helper()
 	ctx := context.Background()
+	var run swavRun
 	s, err := d.NewStream()
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +203,6 @@ func swavStep(t *testing.T, d *vk.Device, method *SwAV, model *Model, comm *Comm
 	defer l.Total.Value.Release()
 	defer term.Value.Release()
 	total := l.Total
-	var run swavRun
 	if reg != nil {
 		p, err := reg.Apply(st, l.Embeddings)
 		if err != nil {
@@ -186,6 +219,20 @@ func swavStep(t *testing.T, d *vk.Device, method *SwAV, model *Model, comm *Comm
 	}
 	if err := method.BeforeUpdate(st); err != nil {
 		t.Fatal(err)
+	}
+	// The gradients as the optimizer will see them.
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	run.grads = map[string][]float32{}
+	for _, e := range swavEntries(model) {
+		if e.Param != nil && e.Param.Grad != nil {
+			g, err := e.Param.Grad.Download(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			run.grads[e.Name] = g
+		}
 	}
 	opt, err := method.NewOptimizer(method.ParamGroups(model, swavWD, 0))
 	if err != nil {
@@ -281,6 +328,41 @@ func TestSwAVMatchesTorch(t *testing.T) {
 			swavClose(t, "swav term (host)", []float32{float32(run.term)}, []float32{float32(want.Swav)}, 1e-4, 0)
 			if reg != nil {
 				swavClose(t, "e2mc", []float32{float32(run.e2mc)}, []float32{float32(want.E2MC)}, 1e-4, 0)
+			}
+			// The gradients first (held to 1e-3 of their norm, as the
+			// layers package holds the ResNet's), then the step's result.
+			for _, e := range swavEntries(model) {
+				if e.Param == nil {
+					continue
+				}
+				path := filepath.Join(dir, name, "grad", e.Name+".npy")
+				g, have := run.grads[e.Name]
+				if _, err := os.Stat(path); err != nil {
+					if have {
+						t.Errorf("%s has a gradient; the official step drops it", e.Name)
+					}
+					continue
+				}
+				if !have {
+					t.Errorf("%s has no gradient", e.Name)
+					continue
+				}
+				want := swavNpy(t, path)
+				if e.Name == "projection_head.0.bias" {
+					// A bias before a training-mode batch norm: its exact
+					// gradient is zero, both sides hold rounding noise.
+					// Gradients here are of order 1: hold both to 1e-5.
+					for _, v := range []struct {
+						side string
+						g    []float32
+					}{{"ours", g}, {"torch's", want}} {
+						if n := swavNorm(v.g); n > 1e-5 {
+							t.Errorf("gradient of %s (%s): norm %.3g, want about 0", e.Name, v.side, n)
+						}
+					}
+					continue
+				}
+				swavNormClose(t, "gradient of "+e.Name, g, want, 1e-3)
 			}
 			for _, e := range swavEntries(model) {
 				w := swavNpy(t, filepath.Join(dir, name, "after", e.Name+".npy"))

@@ -20,6 +20,8 @@ Linear) and 20 prototypes. The batch is 8 images in 4 crops: 2 of 24 px and
                        [2, 16, 16] (normalised rows)
   <case>/result.json   {"swav": the swav loss, "e2mc": the criterion (0
                        without it), "total": their sum}
+  <case>/grad/<name>.npy   each parameter's gradient before the optimizer
+                       step (none for frozen prototypes)
   <case>/after/<name>.npy  the whole state dict after the step (names
                        without "module.")
   queue/queue_after.npy    the queue after the "queue" case's step
@@ -188,8 +190,10 @@ def step(init, crops, case, queue):
         for name, p in model.named_parameters():
             if "prototypes" in name:
                 p.grad = None
+    # LARC changes the gradients in place: keep them as backward left them.
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     opt.step()
-    return model, {"swav": loss.item(), "e2mc": crit.item(), "total": total.item()}
+    return model, grads, {"swav": loss.item(), "e2mc": crit.item(), "total": total.item()}
 
 
 def main():
@@ -217,7 +221,11 @@ def main():
     np.save(os.path.join(out, "queue.npy"), queue0.numpy().astype("<f4"))
     for case in ["frozen", "plain", "e2mc", "queue"]:
         queue = queue0.clone() if case == "queue" else None
-        after, res = step(init, crops, case, queue)
+        after, grads, res = step(init, crops, case, queue)
+        d = os.path.join(out, case, "grad")
+        os.makedirs(d, exist_ok=True)
+        for k, v in grads.items():
+            np.save(os.path.join(d, k + ".npy"), v.numpy().astype("<f4"))
         d = os.path.join(out, case, "after")
         os.makedirs(d, exist_ok=True)
         for k, v in after.state_dict().items():
