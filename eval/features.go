@@ -83,6 +83,9 @@ func NewExtractor(ctx context.Context, dev *vk.Device, parts *loader.Parts, pool
 	if err != nil {
 		return nil, err
 	}
+	if cfg.InChannels != 3 {
+		return nil, fmt.Errorf("the checkpoint's backbone takes %d-channel images; evaluation feeds RGB", cfg.InChannels)
+	}
 	cfg.Classes = 0
 	net, err := layers.NewResNet(ctx, dev, cfg, rand.New(rand.NewPCG(0, 0))) // overwritten by the checkpoint
 	if err != nil {

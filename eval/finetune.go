@@ -71,6 +71,9 @@ func Finetune(ctx context.Context, dev *vk.Device, parts *loader.Parts, train, v
 	if err != nil {
 		return 0, 0, err
 	}
+	if rc.InChannels != 3 {
+		return 0, 0, fmt.Errorf("the checkpoint's backbone takes %d-channel images; fine-tuning feeds RGB", rc.InChannels)
+	}
 	rc.Classes = 0
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xf1e7))
 	net, err := layers.NewResNet(ctx, dev, rc, rng)
