@@ -583,6 +583,67 @@ func TestTrainerSnapshotRestore(t *testing.T) {
 	}
 }
 
+// TestTrainerSnapshotRestoreSwAV resumes SwAV with a running queue on two
+// replicas: the snapshot carries the prototypes and each replica's own
+// queue (they differ), and the resumed run takes the same next step.
+func TestTrainerSnapshotRestoreSwAV(t *testing.T) {
+	ctx := context.Background()
+	devs := trainerDevices(t, 2)
+	swav := func() (Method, error) {
+		return NewMethod("swav", MethodOptions{
+			MLP: "32-16", Prototypes: 10, Crops: []int{2},
+			QueueLength: 16, QueueStartEpoch: 1, FreezePrototypesIters: -1,
+		})
+	}
+	run := newTrainerForTest(t, devs, nil, swav, nil)
+	for step := range 2 {
+		if _, err := run.Step(ctx, trainerBatch(uint64(400+step), trainerBatchSize), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := run.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	protos := snap.Model.Heads[loader.HeadPrototypes]["weight"]
+	if !slices.Equal(protos.Shape, []int{10, 16}) {
+		t.Fatalf("snapshot: prototypes of shape %v, want [10 16]", protos.Shape)
+	}
+	q0, q1 := snap.Method["replica0/queue"], snap.Method["replica1/queue"]
+	if len(q0.Data) == 0 || len(q1.Data) != len(q0.Data) || slices.Equal(q0.Data, q1.Data) {
+		t.Fatalf("snapshot: queues of %d and %d values (equal: %v); want two different queues", len(q0.Data), len(q1.Data), slices.Equal(q0.Data, q1.Data))
+	}
+
+	resumed := newTrainerForTest(t, devs, snap.Model, swav, nil)
+	if err := resumed.Restore(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	again, err := resumed.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range snap.Method {
+		if !slices.Equal(again.Method[k].Data, v.Data) {
+			t.Errorf("restored method state %s differs", k)
+		}
+	}
+	b := trainerBatch(402, trainerBatchSize)
+	r1, err := run.Step(ctx, b, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := resumed.Step(ctx, b, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.Iteration != 2 || r2.Iteration != 2 || r1.Loss != r2.Loss {
+		t.Errorf("next step: iteration %d loss %.9g (run), %d %.9g (resumed)", r1.Iteration, r1.Loss, r2.Iteration, r2.Loss)
+	}
+	want := trainerState(t, run, 0)
+	trainerSpread(t, want)
+	trainerCompare(t, "after the next step", trainerState(t, resumed, 0), want, 0, 0)
+}
+
 // TestTrainerRejects checks the configurations and batches a trainer refuses.
 func TestTrainerRejects(t *testing.T) {
 	ctx := context.Background()
