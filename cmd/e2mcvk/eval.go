@@ -70,6 +70,7 @@ func (c *evalCommon) setup(e *env) (*loader.Parts, error) {
 	if c.Arch != "" && c.Arch != parts.Arch {
 		return nil, fmt.Errorf("--arch %s, but %s holds a %s backbone", c.Arch, c.Checkpoint, parts.Arch)
 	}
+	c.Arch = parts.Arch // for the settings and the cache key
 	for _, n := range parts.Notes {
 		fmt.Fprintf(e.stderr, "note: %s\n", n)
 	}
@@ -155,6 +156,16 @@ func openData(flag, spec string) (loader.Dataset, error) {
 		return nil, fmt.Errorf("%s %s holds no images", flag, spec)
 	}
 	return ds, nil
+}
+
+// sameClasses checks that the training and evaluation data name the same
+// classes in the same order, so that a label means one class in both.
+func sameClasses(train, val loader.Dataset) error {
+	a, b := train.Classes(), val.Classes()
+	if !slices.Equal(a, b) {
+		return fmt.Errorf("--train-data has %d classes and --val-data %d, or they differ in names or order: a label would not mean the same class in both", len(a), len(b))
+	}
+	return nil
 }
 
 // parseFraction reads "10%" (or "0.1") as 0.1.
@@ -272,6 +283,9 @@ func (c *evalLinearCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	if err := sameClasses(train.ds, val); err != nil {
+		return err
+	}
 	hash, err := eval.FileHash(c.Checkpoint)
 	if err != nil {
 		return err
@@ -369,6 +383,9 @@ func (c *evalKNNCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	if err := sameClasses(train.ds, val); err != nil {
+		return err
+	}
 	hash, err := eval.FileHash(c.Checkpoint)
 	if err != nil {
 		return err
@@ -460,6 +477,9 @@ func (c *evalFinetuneCmd) Run(e *env) error {
 	}
 	val, err := openData("--val-data", c.ValData)
 	if err != nil {
+		return err
+	}
+	if err := sameClasses(train.ds, val); err != nil {
 		return err
 	}
 	cfg := eval.DefaultFinetuneConfig()

@@ -152,7 +152,7 @@ func TestEvalLinearKNN(t *testing.T) {
 	if got["top1"] != want1 || got["top5"] != want5 {
 		t.Errorf("eval linear: top1 %v top5 %v; eval.TrainLinear on embed's features: %v %v", got["top1"], got["top5"], want1, want5)
 	}
-	if s, ok := got["settings"].(map[string]any); !ok || s["labels"] != "100%" || s["epochs"] != 7.0 || got["protocol"] != "linear" {
+	if s, ok := got["settings"].(map[string]any); !ok || s["labels"] != "100%" || s["epochs"] != 7.0 || s["arch"] != "resnet18" || got["protocol"] != "linear" {
 		t.Errorf("eval linear --json: %v", got)
 	}
 	if strings.Contains(stderr, "from the cache") {
@@ -282,6 +282,8 @@ func TestEvalBadInput(t *testing.T) {
 	ckpt := evalCheckpoint(t, dir)
 	train := filepath.Join(dir, "train")
 	writeFolder(t, train, rand.New(rand.NewPCG(1, 1)), 2, 2, 8)
+	other := filepath.Join(dir, "other")
+	writeFolder(t, other, rand.New(rand.NewPCG(1, 1)), 3, 1, 8)
 	base := []string{"--checkpoint", ckpt, "--train-data", train, "--val-data", train, "--no-cache"}
 	cases := map[string]struct {
 		args []string
@@ -295,6 +297,7 @@ func TestEvalBadInput(t *testing.T) {
 		"seeds":      {append([]string{"eval", "knn", "--seeds", "0"}, base...), "--seeds"},
 		"subset":     {append([]string{"eval", "linear", "--subset", ckpt}, base...), "--subset"},
 		"no voc":     {[]string{"eval", "voc07", "--checkpoint", ckpt, "--train-data", train, "--val-data", train}, "--train-data"},
+		"classes":    {[]string{"eval", "linear", "--checkpoint", ckpt, "--train-data", train, "--val-data", other, "--no-cache"}, "classes"},
 		"costs":      {[]string{"eval", "voc07", "--checkpoint", ckpt, "--train-data", train, "--val-data", train, "--costs", "0,1"}, "--costs"},
 	}
 	for name, c := range cases {
