@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -37,9 +38,7 @@ func writeLossPlot(path string, recs []map[string]float64) error {
 	rows := (len(names) + cols - 1) / cols
 	panels := make([][]*plot.Plot, rows)
 	for i, name := range names {
-		p := plot.New()
-		p.Title.Text = name
-		p.X.Label.Text = "step"
+		p := newPanel(name)
 		xy := series(recs, name)
 		l, err := plotter.NewLine(xy)
 		if err != nil {
@@ -77,6 +76,30 @@ func writeLossPlot(path string, recs []map[string]float64) error {
 	return f.Close()
 }
 
+// readableTicks labels plot.DefaultTicks' marks with enough digits to tell
+// them apart (its own labels round -1.25 and -1.3 alike).
+type readableTicks struct{ digits int }
+
+func (r readableTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ts {
+		if ts[i].Label != "" {
+			ts[i].Label = strconv.FormatFloat(ts[i].Value, 'g', r.digits, 64)
+		}
+	}
+	return ts
+}
+
+// newPanel returns a plot with step on the x axis and readable tick labels.
+func newPanel(title string) *plot.Plot {
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = "step"
+	p.X.Tick.Marker = readableTicks{digits: 8}
+	p.Y.Tick.Marker = readableTicks{digits: 5}
+	return p
+}
+
 // series returns the records' values of key over their steps.
 func series(recs []map[string]float64, key string) plotter.XYs {
 	var xy plotter.XYs
@@ -94,9 +117,7 @@ func writeEntropyPlot(path string, recs []map[string]float64) (bool, error) {
 	if !slices.ContainsFunc(recs, func(r map[string]float64) bool { _, ok := r[metricEntrpy]; return ok }) {
 		return false, nil
 	}
-	p := plot.New()
-	p.Title.Text = "Mean entropy of the embeddings (m-spacing estimate)"
-	p.X.Label.Text = "step"
+	p := newPanel("Mean entropy of the embeddings (m-spacing estimate)")
 	p.Y.Label.Text = "mean entropy (nats)"
 	l, err := plotter.NewLine(series(recs, metricEntrpy))
 	if err != nil {
