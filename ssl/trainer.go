@@ -286,11 +286,17 @@ func (s *stepState) release(ctx context.Context, stream *vk.Stream) {
 	s.copies = nil
 }
 
-// Reserved names of the values a step reads besides the terms.
+// Names of the values a step reads besides the terms: as NonFiniteLossError
+// names them, and as the step keys their copies (keys no term can have).
 const (
 	termTotal   = "loss"
 	termPenalty = "penalty"
+	keyTotal    = "\x00loss"
+	keyPenalty  = "\x00penalty"
 )
+
+// termName is the name of the value a step reads under key k.
+func termName(k string) string { return strings.TrimPrefix(k, "\x00") }
 
 // Step splits b's views evenly over the replicas (b.Views[v] is [B,3,S,S];
 // B divisible by the number of replicas), runs forward, backward, gradient
@@ -303,6 +309,11 @@ const (
 // every replica's terms, so a non-finite loss stops the step before any
 // replica has averaged or applied a gradient. The second averages the
 // gradients, lets the method adjust them and applies the optimizer.
+//
+// After a NonFiniteLossError the trainer may go on (the step's gradients
+// are dropped and the iteration counter stays). After any other error a
+// replica may have updated its weights while another did not: stop the run
+// and resume it from a snapshot.
 func (t *Trainer) Step(ctx context.Context, b *loader.Batch, epoch int) (*StepResult, error) {
 	if len(t.replicas) == 0 {
 		return nil, fmt.Errorf("step: the trainer was released")
@@ -465,7 +476,7 @@ func (r *replica) forwardBackward(ctx context.Context, s *stepState, comm *Comm,
 	total := loss.Total
 	// The values to read after the run are copied into tensors of the
 	// trainer's own: the backward pass frees the tape's values as it goes.
-	vars := map[string]*layers.Var{termTotal: loss.Total}
+	vars := map[string]*layers.Var{keyTotal: loss.Total}
 	for k, v := range loss.Terms {
 		vars[k] = v
 	}
@@ -483,12 +494,12 @@ func (r *replica) forwardBackward(ctx context.Context, s *stepState, comm *Comm,
 		}
 		total = tp.Add(total, pen.Add)
 		if pen.ValueVar != nil {
-			vars[termPenalty] = pen.ValueVar
+			vars[keyPenalty] = pen.ValueVar
 		} else {
 			s.pen = pen.Value
 		}
 		name := func(k string) string {
-			if _, taken := loss.Terms[k]; taken || k == termTotal || k == termPenalty {
+			if _, taken := loss.Terms[k]; taken {
 				return r.reg.Name() + "_" + k
 			}
 			return k
@@ -506,14 +517,14 @@ func (r *replica) forwardBackward(ctx context.Context, s *stepState, comm *Comm,
 			if err := tp.Err(); err != nil {
 				return err
 			}
-			return fmt.Errorf("loss term %q is missing", k)
+			return fmt.Errorf("loss term %q is missing", termName(k))
 		}
 		if v.Value.Len() != 1 {
-			return fmt.Errorf("loss term %q has shape %v; want a scalar", k, v.Shape())
+			return fmt.Errorf("loss term %q has shape %v; want a scalar", termName(k), v.Shape())
 		}
 		c, err := layers.Contiguous(r.stream, v.Value)
 		if err != nil {
-			return fmt.Errorf("loss term %q: %w", k, err)
+			return fmt.Errorf("loss term %q: %w", termName(k), err)
 		}
 		s.copies[k] = c
 	}
@@ -527,12 +538,12 @@ func (r *replica) forwardBackward(ctx context.Context, s *stepState, comm *Comm,
 	for k, c := range s.copies {
 		val, err := c.Download(ctx)
 		if err != nil {
-			return fmt.Errorf("loss term %q: %w", k, err)
+			return fmt.Errorf("loss term %q: %w", termName(k), err)
 		}
 		switch k {
-		case termTotal:
+		case keyTotal:
 			s.total = float64(val[0])
-		case termPenalty:
+		case keyPenalty:
 			s.pen = float64(val[0])
 		default:
 			s.terms[k] = float64(val[0])
