@@ -10,15 +10,19 @@
 package eval
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/loader"
@@ -249,22 +253,88 @@ func Cached(dir, key string, classes int, compute func() (*Features, error)) (*F
 }
 
 func readFeatures(dir, key string, classes int) (*Features, error) {
-	x, err := loader.ReadNpy(filepath.Join(dir, key+".npy"))
-	if err != nil {
-		return nil, err
-	}
 	l, err := loader.ReadNpy(filepath.Join(dir, key+"-labels.npy"))
 	if err != nil {
 		return nil, err
 	}
-	if len(x.Shape) != 2 || len(l.Shape) != 1 || l.Shape[0] != x.Shape[0] {
-		return nil, fmt.Errorf("cache entry %s: shapes %v and %v", key, x.Shape, l.Shape)
+	x, n, d, err := readNpyMatrix32(filepath.Join(dir, key+".npy"))
+	if err != nil {
+		return nil, err
 	}
-	f := &Features{X: x.Float32(), N: x.Shape[0], D: x.Shape[1], Classes: classes, Labels: make([]int, len(l.Data))}
+	if len(l.Shape) != 1 || l.Shape[0] != n {
+		return nil, fmt.Errorf("cache entry %s: %d rows and labels of shape %v", key, n, l.Shape)
+	}
+	f := &Features{X: x, N: n, D: d, Classes: classes, Labels: make([]int, len(l.Data))}
 	for i, v := range l.Data {
 		f.Labels[i] = int(v)
 	}
 	return f, f.check("cached")
+}
+
+// readNpyMatrix32 reads a 2-D little-endian float32 .npy file in C order,
+// as loader.WriteNpy writes them, straight into float32 (loader.ReadNpy
+// goes through float64, twice the memory of ImageNet-sized features).
+func readNpyMatrix32(path string) (x []float32, n, d int, err error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer fh.Close()
+	r := bufio.NewReaderSize(fh, 1<<20)
+	var pre [8]byte
+	if _, err := io.ReadFull(r, pre[:]); err != nil || string(pre[:6]) != "\x93NUMPY" {
+		return nil, 0, 0, fmt.Errorf("%s: not a .npy file", path)
+	}
+	var hlen int
+	switch pre[6] {
+	case 1:
+		var b [2]byte
+		_, err = io.ReadFull(r, b[:])
+		hlen = int(binary.LittleEndian.Uint16(b[:]))
+	case 2, 3:
+		var b [4]byte
+		_, err = io.ReadFull(r, b[:])
+		hlen = int(binary.LittleEndian.Uint32(b[:]))
+	default:
+		err = fmt.Errorf("version %d", pre[6])
+	}
+	if err != nil || hlen > 1<<20 {
+		return nil, 0, 0, fmt.Errorf("%s: bad .npy header", path)
+	}
+	hb := make([]byte, hlen)
+	if _, err := io.ReadFull(r, hb); err != nil {
+		return nil, 0, 0, fmt.Errorf("%s: %w", path, err)
+	}
+	h := string(hb)
+	open, closing := strings.Index(h, "'shape': ("), -1
+	if open >= 0 {
+		closing = strings.Index(h[open:], ")")
+	}
+	if !strings.Contains(h, "'descr': '<f4'") || !strings.Contains(h, "'fortran_order': False") || closing < 0 {
+		return nil, 0, 0, fmt.Errorf("%s: want a C-order <f4 array, header %q", path, h)
+	}
+	dims := strings.Split(h[open+len("'shape': ("):open+closing], ",")
+	if len(dims) != 2 {
+		return nil, 0, 0, fmt.Errorf("%s: want a 2-D array, header %q", path, h)
+	}
+	n, err1 := strconv.Atoi(strings.TrimSpace(dims[0]))
+	d, err2 := strconv.Atoi(strings.TrimSpace(dims[1]))
+	if err1 != nil || err2 != nil || n < 0 || d < 0 {
+		return nil, 0, 0, fmt.Errorf("%s: bad shape in header %q", path, h)
+	}
+	x = make([]float32, n*d)
+	buf := make([]byte, 1<<16)
+	for done := 0; done < len(x); {
+		m := min(len(buf)/4, len(x)-done)
+		if _, err := io.ReadFull(r, buf[:4*m]); err != nil {
+			return nil, 0, 0, fmt.Errorf("%s: %w", path, err)
+		}
+		for i := range m {
+			x[done+i] = math.Float32frombits(binary.LittleEndian.Uint32(buf[4*i:]))
+		}
+		done += m
+	}
+	return x, n, d, nil
 }
 
 // writeFeatures writes the two .npy files of an entry, each through a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"path/filepath"
 	"testing"
 
 	"github.com/e2mcvk/e2mcvk/loader"
@@ -118,6 +119,26 @@ func TestFeatureCache(t *testing.T) {
 				t.Fatalf("round %d: label %d is %d, want %d", round, i, got.Labels[i], f.Labels[i])
 			}
 		}
+	}
+	// The cache's float32 reader against loader's reader (through float64).
+	x, n, d, err := readNpyMatrix32(filepath.Join(dir, key+".npy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := loader.ReadNpy(filepath.Join(dir, key+".npy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != ref.Shape[0] || d != ref.Shape[1] || len(x) != len(ref.Data) {
+		t.Fatalf("readNpyMatrix32: %d x %d, loader.ReadNpy: %v", n, d, ref.Shape)
+	}
+	for i, v := range ref.Data {
+		if float64(x[i]) != v {
+			t.Fatalf("value %d: %v, loader.ReadNpy %v", i, x[i], v)
+		}
+	}
+	if _, _, _, err := readNpyMatrix32(filepath.Join(dir, key+"-labels.npy")); err == nil {
+		t.Error("readNpyMatrix32 read an int64 vector")
 	}
 	for name, other := range map[string]string{
 		"preprocess": FeatureKey("abc", "resnet18", "mem", ds, loader.Preprocess{Resize: 8}, 0),
