@@ -7,15 +7,19 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/loader"
+	"github.com/e2mcvk/e2mcvk/ssl"
+	"github.com/e2mcvk/e2mcvk/vk"
 )
 
 // defaultSteps is the length of a run given neither --steps nor --epochs:
@@ -510,3 +514,374 @@ type shiftedSchedule struct {
 }
 
 func (s shiftedSchedule) LR(step int) float64 { return s.s.LR(step - s.from) }
+
+// train runs the planned training.
+func (c *trainCmd) train(e *env, p *trainPlan) error {
+	def, err := ssl.Defaults(c.Method)
+	if err != nil {
+		return err
+	}
+	lr, wd, ent, cov := def.LR, def.WeightDecay, def.Ent, def.Cov
+	if c.LR != nil {
+		lr = *c.LR
+	}
+	if c.WD != nil {
+		wd = *c.WD
+	}
+	if c.EntCoeff != nil {
+		ent = *c.EntCoeff
+	}
+	if c.CovCoeff != nil {
+		cov = *c.CovCoeff
+	}
+	predLR := 0.0
+	if c.Method == "simsiam" {
+		predLR = c.PredLR
+	}
+	baseLR := lr
+	if def.ScaleLR {
+		scale := float64(c.BatchSize) / 256
+		lr *= scale
+		predLR *= scale
+	}
+	for _, n := range p.notes {
+		fmt.Fprintf(e.stderr, "note: %s\n", n)
+	}
+	if err := os.MkdirAll(c.Out, 0o755); err != nil {
+		return err
+	}
+	r := &trainRun{
+		c: c, p: p, e: e, lrText: lrText(baseLR, lr, def.ScaleLR, c),
+		critText: criterionText(c.Criterion, ent, cov),
+	}
+	opts := ssl.MethodOptions{MLP: p.mlp, Dim: c.Dim, PredDim: c.PredDim, Prototypes: c.Prototypes}
+	r.cfg = ssl.TrainerConfig{
+		NewMethod:   func() (ssl.Method, error) { return ssl.NewMethod(c.Method, opts) },
+		Backbone:    p.backbone,
+		From:        p.from,
+		Seed:        c.Seed,
+		LR:          c.schedule(lr, p.pos),
+		WeightDecay: wd,
+		PredLR:      predLR,
+	}
+	if c.Criterion != "none" {
+		r.cfg.NewRegularizer = func(d *vk.Device) (ssl.Regularizer, error) {
+			return ssl.NewRegularizer(c.Criterion, c.Method, d, ent, cov)
+		}
+	}
+	return withInstance(func(in *vk.Instance) error {
+		for _, i := range p.devices {
+			d, err := in.Open(i)
+			if err != nil {
+				return err
+			}
+			r.cfg.Devices = append(r.cfg.Devices, d)
+		}
+		return r.run()
+	})
+}
+
+// trainRun is one training run on opened devices.
+type trainRun struct {
+	c        *trainCmd
+	p        *trainPlan
+	e        *env
+	cfg      ssl.TrainerConfig
+	lrText   string
+	critText string
+	saved    int // the step of the last checkpoint written, -1 for none
+}
+
+func lrText(base, lr float64, scaled bool, c *trainCmd) string {
+	s := fmt.Sprintf("lr %g", lr)
+	if scaled {
+		s = fmt.Sprintf("lr %g (%g x %d/256)", lr, base, c.BatchSize)
+	}
+	return s + ", " + c.Schedule
+}
+
+func criterionText(name string, ent, cov float64) string {
+	switch name {
+	case "none":
+		return "no added criterion"
+	case "e2mc":
+		return fmt.Sprintf("e2mc (ent %g, cov %g)", ent, cov)
+	}
+	return name + " (its default coefficients)"
+}
+
+// run trains from p.pos to p.pos.End.
+func (r *trainRun) run() error {
+	p, e := r.p, r.e
+	r.saved = -1
+	if p.resumed {
+		r.saved = p.pos.Step
+	}
+	r.describe()
+	// A step always runs to its end: an interrupt is taken between steps,
+	// so the state saved is always a completed step's.
+	stepCtx := context.WithoutCancel(e.ctx)
+	tr, err := ssl.NewTrainer(stepCtx, r.cfg)
+	if err != nil {
+		return r.failed(err)
+	}
+	err = r.loop(tr, stepCtx)
+	tr.Release()
+	return r.failed(err)
+}
+
+// describe prints what the run does.
+func (r *trainRun) describe() {
+	c, p, e := r.c, r.p, r.e
+	nb := p.data.Len() / c.BatchSize
+	sizes := make([]string, len(p.views))
+	for i, v := range p.views {
+		sizes[i] = fmt.Sprint(v.Size)
+	}
+	stem := "imagenet stem"
+	if p.backbone.SmallStem {
+		stem = "small stem"
+	}
+	start := fmt.Sprintf("from scratch (seed %d)", c.Seed)
+	switch {
+	case p.resumed:
+		start = fmt.Sprintf("resuming %s at step %d (epoch %d, batch %d)", c.Out, p.pos.Step, p.pos.Epoch, p.pos.Batch)
+	case c.From != "":
+		start = fmt.Sprintf("continuing %s at epoch %d", c.From, p.pos.Epoch)
+	}
+	aug := "augmented"
+	if c.NoAugment {
+		aug = "not augmented"
+	}
+	if c.NoShuffle {
+		aug += ", in data-set order"
+	}
+	fmt.Fprintf(e.stderr, "train: %s + %s, %s\n", c.Method, r.critText, start)
+	fmt.Fprintf(e.stderr, "train: resnet%d width %d, %s; views %s px (%s)\n", p.backbone.Depth, p.backbone.Width, stem, strings.Join(sizes, ","), aug)
+	fmt.Fprintf(e.stderr, "train: %s: %d images, %d batches of %d an epoch; steps %d to %d (%.2f epochs); %s\n",
+		c.Data, p.data.Len(), nb, c.BatchSize, p.pos.Step, p.pos.End, float64(p.pos.End-p.pos.Step)/float64(nb), r.lrText)
+	names := make([]string, len(r.cfg.Devices))
+	for i, d := range r.cfg.Devices {
+		names[i] = fmt.Sprintf("%d (%s)", p.devices[i], d.Info.Name)
+	}
+	fmt.Fprintf(e.stderr, "train: devices %s; run directory %s\n", strings.Join(names, ", "), c.Out)
+}
+
+// loop takes the steps, logging and saving.
+func (r *trainRun) loop(tr *ssl.Trainer, stepCtx context.Context) error {
+	c, p, e := r.c, r.p, r.e
+	if p.optimizer != nil || p.method != nil || p.pos.Step > 0 {
+		st := &ssl.TrainState{Optimizer: p.optimizer, Method: p.method, Iteration: p.pos.Step}
+		if err := tr.Restore(stepCtx, st); err != nil {
+			return err
+		}
+	}
+	keep := 0 // a new run starts a new log
+	if p.resumed {
+		keep = p.pos.Step
+	}
+	log, err := openMetricsLog(filepath.Join(c.Out, metricsName), keep)
+	if err != nil {
+		return err
+	}
+	defer log.close()
+	src := newDataSource(c, p, e.stderr)
+	nb := src.pipe.NumBatches()
+	prog := newTrainProgress(e.stderr, p.pos.Step, p.pos.End)
+	defer prog.finish()
+	lastLog, lastStep := time.Now(), p.pos.Step
+	pos := &p.pos
+	for pos.Step < pos.End {
+		it, err := src.epoch(e.ctx, pos.Epoch, pos.Batch)
+		if err != nil {
+			return err
+		}
+		for pos.Step < pos.End && it.Next() {
+			b := it.Batch()
+			if pos.Step == p.poison {
+				for _, v := range b.Views {
+					v[0] = float32(math.NaN())
+				}
+			}
+			res, err := tr.Step(stepCtx, b, pos.Epoch)
+			if err != nil {
+				it.Close()
+				return err
+			}
+			epoch := pos.Epoch
+			pos.Step++
+			if pos.Batch++; pos.Batch == nb {
+				pos.Epoch, pos.Batch = pos.Epoch+1, 0
+			}
+			step := pos.Step - 1
+			logged := (step-pos.Start)%*c.LogEvery == 0 || pos.Step == pos.End
+			now := time.Now()
+			rate := float64((pos.Step-lastStep)*c.BatchSize) / now.Sub(lastLog).Seconds()
+			if logged {
+				rec := metricsRecord{Step: step, Epoch: epoch, LR: res.LR, Loss: res.Loss, Terms: res.Terms, Rate: rate}
+				if err := log.write(rec); err != nil {
+					it.Close()
+					return err
+				}
+				lastLog, lastStep = now, pos.Step
+			}
+			prog.update(step, res.Loss, rate, logged)
+			if pos.Batch == 0 || (*c.SaveEvery > 0 && pos.Step%*c.SaveEvery == 0) {
+				if err := r.save(tr, stepCtx); err != nil {
+					it.Close()
+					return err
+				}
+			}
+		}
+		it.Close()
+		if err := it.Err(); err != nil {
+			if e.ctx.Err() != nil {
+				return r.interrupted(tr, stepCtx)
+			}
+			return err
+		}
+		if e.ctx.Err() != nil {
+			return r.interrupted(tr, stepCtx)
+		}
+	}
+	if r.saved != pos.Step {
+		if err := r.save(tr, stepCtx); err != nil {
+			return err
+		}
+	}
+	prog.finish()
+	if err := log.close(); err != nil {
+		return err
+	}
+	return r.plots()
+}
+
+// errInterrupted ends an interrupted run.
+var errInterrupted = errors.New("interrupted")
+
+// interrupted saves the last completed step and returns the message.
+func (r *trainRun) interrupted(tr *ssl.Trainer, ctx context.Context) error {
+	if r.saved != r.p.pos.Step {
+		if err := r.save(tr, ctx); err != nil {
+			return fmt.Errorf("%w; saving the run state failed: %v", errInterrupted, err)
+		}
+	}
+	return fmt.Errorf("%w at step %d; resume with --resume --out %s", errInterrupted, r.p.pos.Step, r.c.Out)
+}
+
+// save writes the run state of the steps taken so far.
+func (r *trainRun) save(tr *ssl.Trainer, ctx context.Context) error {
+	snap, err := tr.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	if snap.Iteration != r.p.pos.Step {
+		return fmt.Errorf("internal error: the trainer is at step %d, the run at %d", snap.Iteration, r.p.pos.Step)
+	}
+	meta := map[string]string{
+		loader.MetaMethod:  r.c.Method,
+		metaCriterion:      r.c.Criterion,
+		loader.MetaArgs:    r.p.args,
+		loader.MetaVersion: version(),
+	}
+	st := &runState{Model: snap.Model, Optimizer: snap.Optimizer, Method: snap.Method, Pos: r.p.pos, Meta: meta}
+	if err := saveRunState(r.c.Out, st); err != nil {
+		return err
+	}
+	r.saved = r.p.pos.Step
+	return nil
+}
+
+// plots draws loss.png and entropy.png from the run's metrics.
+func (r *trainRun) plots() error {
+	out := r.c.Out
+	recs, err := readMetrics(filepath.Join(out, metricsName))
+	if err != nil {
+		return err
+	}
+	if err := writeLossPlot(filepath.Join(out, lossPlotName), recs); err != nil {
+		return err
+	}
+	ok, err := writeEntropyPlot(filepath.Join(out, entropyPlotName), recs)
+	if err != nil {
+		return err
+	}
+	wrote := lossPlotName
+	if ok {
+		wrote += ", " + entropyPlotName
+	} else {
+		fmt.Fprintf(r.e.stderr, "note: --criterion %s reports no entropy: no %s\n", r.c.Criterion, entropyPlotName)
+	}
+	fmt.Fprintf(r.e.stderr, "train: done at step %d; wrote %s, %s, %s in %s\n", r.p.pos.Step, checkpointName, metricsName, wrote, out)
+	return nil
+}
+
+// failed turns the run's error into the user's message: a non-finite
+// loss names its step and term, running out of memory suggests a batch
+// size that fits.
+func (r *trainRun) failed(err error) error {
+	if err == nil || errors.Is(err, errInterrupted) {
+		return err
+	}
+	var nf *ssl.NonFiniteLossError
+	if errors.As(err, &nf) {
+		kept := "no checkpoint had been written yet"
+		if r.saved >= 0 {
+			kept = fmt.Sprintf("the last good checkpoint, %s (after %d steps), is kept", filepath.Join(r.c.Out, checkpointName), r.saved)
+		}
+		return fmt.Errorf("step %d: the loss term %q is %v; training stopped; %s; try a lower --lr", nf.Iteration, nf.Term, nf.Value, kept)
+	}
+	if isOutOfMemory(err) {
+		return fmt.Errorf("%w; %s", err, r.fittingBatch())
+	}
+	return err
+}
+
+// isOutOfMemory reports whether err comes from the device running out of
+// memory.
+func isOutOfMemory(err error) bool {
+	var oom *vk.OutOfMemoryError
+	return errors.As(err, &oom) || errors.Is(err, vk.ErrOutOfDeviceMemory)
+}
+
+// fittingBatch probes for the largest batch size, halving from the run's,
+// whose step fits: one step on a fresh model with random images.
+func (r *trainRun) fittingBatch() string {
+	n := len(r.cfg.Devices)
+	ctx := context.WithoutCancel(r.e.ctx)
+	for b := r.c.BatchSize / 2; b >= 2*n; b /= 2 {
+		b -= b % n
+		err := r.probe(ctx, b)
+		if err == nil {
+			return fmt.Sprintf("--batch-size %d fits (probed: one step of a fresh model)", b)
+		}
+		if !isOutOfMemory(err) {
+			return fmt.Sprintf("probing smaller batches failed: %v", err)
+		}
+	}
+	return fmt.Sprintf("not even --batch-size %d fits: try a smaller --image-size or model", 2*n)
+}
+
+// probe takes one step of batch size b on a fresh trainer.
+func (r *trainRun) probe(ctx context.Context, b int) error {
+	tr, err := ssl.NewTrainer(ctx, r.cfg)
+	if err != nil {
+		return err
+	}
+	defer tr.Release()
+	rng := rand.New(rand.NewPCG(1, 2))
+	batch := &loader.Batch{Views: make([][]float32, len(r.p.views)), Sizes: make([]int, len(r.p.views))}
+	for v, view := range r.p.views {
+		batch.Sizes[v] = view.Size
+		batch.Views[v] = make([]float32, b*3*view.Size*view.Size)
+		for i := range batch.Views[v] {
+			batch.Views[v][i] = float32(rng.NormFloat64())
+		}
+	}
+	for i := range b {
+		batch.Samples = append(batch.Samples, i)
+		batch.Labels = append(batch.Labels, 0)
+	}
+	_, err = tr.Step(ctx, batch, 0)
+	return err
+}

@@ -11,11 +11,15 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/loader"
@@ -367,5 +371,202 @@ func TestRunStateRoundTrip(t *testing.T) {
 	var args trainCmd
 	if err := json.Unmarshal([]byte(got.Meta[loader.MetaArgs]), &args); err != nil || args.Method != "swav" {
 		t.Errorf("args %+v, %v", args, err)
+	}
+}
+
+// tinyTrain are the flags of the tests' runs: a narrow ResNet-18 on 16 px
+// views of 24 random images (3 batches of 8 an epoch), a small expander.
+func tinyTrain(data, out string, extra ...string) []string {
+	return append([]string{"train", "--data", data, "--out", out, "--batch-size", "8", "--image-size", "16",
+		"--width", "8", "--mlp", "64-64-64", "--seed", "3", "--workers", "2"}, extra...)
+}
+
+// lastLine returns the last line of s.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
+// TestTrainRun runs three steps and checks the run directory: the
+// checkpoint (which embed and convert read), the metrics and the plots.
+func TestTrainRun(t *testing.T) {
+	data := trainImages(t, 24, 20, 18)
+	out := filepath.Join(t.TempDir(), "run")
+	code, _, stderr := runCLI(t, tinyTrain(data, out, "--steps", "3", "--log-every", "2")...)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+	for _, name := range []string{checkpointName, loader.OptimPath(checkpointName), metricsName, lossPlotName, entropyPlotName} {
+		if _, err := os.Stat(filepath.Join(out, name)); err != nil {
+			t.Error(err)
+		}
+	}
+	recs, err := readMetrics(filepath.Join(out, metricsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []float64
+	for _, r := range recs {
+		steps = append(steps, r[metricStep])
+		for _, k := range []string{metricEpoch, metricLR, metricLoss, metricRate, metricEntrpy, "sim", "std", "cov"} {
+			if _, ok := r[k]; !ok {
+				t.Errorf("step %v: no %q in %v", r[metricStep], k, r)
+			}
+		}
+	}
+	if !slices.Equal(steps, []float64{0, 2}) {
+		t.Errorf("logged steps %v, want 0 and 2 (--log-every 2, the last always)", steps)
+	}
+	st, _, err := loadRunState(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Pos.Step != 3 || st.Pos.End != 3 || st.Optimizer == nil || st.Optimizer.Steps != 3 {
+		t.Errorf("saved position %+v, optimizer %v", st.Pos, st.Optimizer != nil)
+	}
+	code, _, stderr = runCLI(t, "embed", "--checkpoint", filepath.Join(out, checkpointName), "--head", "projector",
+		"--data", data, "--resize", "16", "--crop", "16", "--limit", "4", "--out", filepath.Join(out, "z.npy"))
+	if code != 0 {
+		t.Fatalf("embed of the trained checkpoint: %s", stderr)
+	}
+	z, err := loader.ReadNpy(filepath.Join(out, "z.npy"))
+	if err != nil || !slices.Equal(z.Shape, []int{4, 64}) {
+		t.Errorf("projector embeddings %v, %v", z, err)
+	}
+}
+
+// TestTrainResume is the interrupted-run test: a run is stopped with
+// SIGINT after its first checkpoint (it saves and says how to resume),
+// resumed, killed with SIGKILL after its next checkpoint, resumed again to
+// the end, and its logged losses must equal an uninterrupted run's. The
+// runs cross epoch boundaries (3 batches an epoch, 8 steps).
+func TestTrainResume(t *testing.T) {
+	data := trainImages(t, 24, 20, 18)
+	dir := t.TempDir()
+	full, cut := filepath.Join(dir, "full"), filepath.Join(dir, "cut")
+	const steps = 8
+	args := func(out string, extra ...string) []string {
+		return tinyTrain(data, out, append([]string{"--steps", strconv.Itoa(steps), "--save-every", "2", "--log-every", "1"}, extra...)...)
+	}
+	if code, _, stderr := runCLI(t, args(full)...); code != 0 {
+		t.Fatalf("uninterrupted run: exit %d:\n%s", code, stderr)
+	}
+
+	// SIGINT after the first checkpoint.
+	stderr := stopChild(t, cut, syscall.SIGINT, 0, args(cut)...)
+	if !strings.Contains(stderr, "interrupted") || !strings.Contains(stderr, "--resume") {
+		t.Errorf("interrupted run's message: %s", lastLine(stderr))
+	}
+	st, _, err := loadRunState(cut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := st.Pos.Step
+	if first >= steps {
+		t.Fatalf("the interrupted run got to the end (%d steps): nothing was tested", first)
+	}
+	// SIGKILL after the resumed run's next checkpoint.
+	stopChild(t, cut, syscall.SIGKILL, first, "train", "--resume", "--out", cut)
+	if st, _, err = loadRunState(cut); err != nil {
+		t.Fatal(err)
+	}
+	if st.Pos.Step <= first || st.Pos.Step >= steps {
+		t.Fatalf("killed at step %d: want a checkpoint after %d and before the end", st.Pos.Step, first)
+	}
+	if code, _, stderr := runCLI(t, "train", "--resume", "--out", cut); code != 0 {
+		t.Fatalf("resumed run: exit %d:\n%s", code, stderr)
+	}
+	want, err := readMetrics(filepath.Join(full, metricsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readMetrics(filepath.Join(cut, metricsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != steps || len(want) != steps {
+		t.Fatalf("%d and %d logged steps, want %d each", len(got), len(want), steps)
+	}
+	// float32 tolerance: the same kernels on the same data give the same
+	// bits, but a resumed run's buffers may sit elsewhere in memory.
+	const tol = 1e-5
+	for i := range want {
+		for k, w := range want[i] {
+			if k == metricRate {
+				continue
+			}
+			g, ok := got[i][k]
+			if !ok || math.Abs(g-w) > tol*math.Max(1, math.Abs(w)) {
+				t.Errorf("step %d %s: resumed %v, uninterrupted %v", i, k, g, w)
+			}
+		}
+	}
+}
+
+// stopChild runs e2mcvk in a child process, sends it sig once the run
+// directory holds a checkpoint past step after, and returns its stderr.
+func stopChild(t *testing.T, out string, sig syscall.Signal, after int, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.After(2 * time.Minute)
+	for {
+		select {
+		case err := <-done:
+			t.Fatalf("the run ended before it could be stopped (%v):\n%s", err, errOut.String())
+		case <-deadline:
+			cmd.Process.Kill()
+			t.Fatalf("no checkpoint past step %d within 2 minutes:\n%s", after, errOut.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if st, _, err := loadRunState(out); err == nil && st.Pos.Step > after {
+			break
+		}
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	err := <-done
+	if err == nil {
+		t.Fatalf("the run stopped by %v exited 0", sig)
+	}
+	return errOut.String()
+}
+
+// TestTrainNonFinite poisons step 3's batch with NaN: the run stops
+// naming the step and the term, and keeps the checkpoint saved at the end
+// of epoch 0 (after 3 steps: 24 images, batch 8).
+func TestTrainNonFinite(t *testing.T) {
+	data := trainImages(t, 24, 20, 18)
+	out := filepath.Join(t.TempDir(), "run")
+	t.Setenv(poisonEnv, "3")
+	code, _, stderr := runCLI(t, tinyTrain(data, out, "--steps", "6", "--save-every", "0")...)
+	if code != exitFailure {
+		t.Errorf("exit %d, want %d", code, exitFailure)
+	}
+	msg := lastLine(stderr)
+	if !strings.HasPrefix(msg, "e2mcvk: step 3: the loss term") || !strings.Contains(msg, "NaN") || !strings.Contains(msg, "after 3 steps") {
+		t.Errorf("message %q: want the step (3), the term, its value and the kept checkpoint (after 3 steps)", msg)
+	}
+	st, _, err := loadRunState(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Pos.Step != 3 {
+		t.Errorf("the checkpoint is after %d steps, want the last good one, after 3", st.Pos.Step)
+	}
+	for name, x := range st.Model.Backbone {
+		for _, v := range x.Data {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				t.Fatalf("the kept checkpoint's %s is not finite", name)
+			}
+		}
 	}
 }
