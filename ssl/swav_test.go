@@ -545,3 +545,153 @@ func TestSwAVReplicas(t *testing.T) {
 		t.Errorf("half the batch alone reports %v, the whole batch %v: the test proves nothing", alone, whole)
 	}
 }
+
+// The queue starts at QueueStartEpoch, takes each batch's normalised
+// embeddings of the assign crops newest first, is used once its last row is
+// written, and survives State and LoadState.
+func TestSwAVQueue(t *testing.T) {
+	dir := swavOracle(t)
+	ctx := context.Background()
+	d := vktest.Device(t)
+	root, err := loader.ReadPth(filepath.Join(dir, "model.pth"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := loader.SplitCheckpoint(root, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loader.ResNetConfigFor(parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var views [][]float32
+	for i, s := range swavSizes {
+		views = append(views, swavNpy(t, filepath.Join(dir, fmt.Sprintf("crop%d.npy", i)), swavBatch, 3, s, s))
+	}
+	// The second batch: the crops of each resolution swapped.
+	swapped := [][]float32{views[1], views[0], views[3], views[2]}
+	method, err := NewSwAV(SwAVOptions{Crops: []int{2, 2}, QueueLength: 2 * swavBatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	model, err := method.NewModel(ctx, d, cfg, parts, rand.New(rand.NewPCG(1, 2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer model.Release()
+	// forward runs the loss of one batch and returns the normalised
+	// projections of crops 0 and 1.
+	forward := func(views [][]float32, epoch int) [2][]float32 {
+		s, err := d.NewStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		tp := layers.NewTape(s)
+		defer tp.Release()
+		st := &Step{Ctx: ctx, Tape: tp, Model: model, Epoch: epoch, Iteration: 1000}
+		for i, v := range views {
+			x, err := layers.FromHost(ctx, d, v, swavBatch, 3, swavSizes[i], swavSizes[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer x.Release()
+			st.Views = append(st.Views, layers.Constant(x))
+		}
+		if err := method.Prepare(st); err != nil {
+			t.Fatal(err)
+		}
+		l, err := method.Loss(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out [2][]float32
+		for i := range out {
+			z, err := l.Embeddings[i].Value.Download(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r := 0; r < swavBatch; r++ {
+				row := z[r*16 : (r+1)*16]
+				n := float32(swavNorm(row))
+				for j := range row {
+					row[j] /= n
+				}
+			}
+			out[i] = z
+		}
+		if err := s.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	state := func() map[string]layers.HostTensor {
+		st, err := method.State(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	inUse := func(st map[string]layers.HostTensor) bool { return st["queue_in_use"].Data[0] != 0 }
+	half := swavBatch * 16
+
+	forward(views, 14)
+	if st := state(); st != nil {
+		t.Fatalf("a queue before epoch 15: %v", st["queue"].Shape)
+	}
+	a := forward(views, 15)
+	st := state()
+	if st == nil || !slices.Equal(st["queue"].Shape, []int{2, 2 * swavBatch, 16}) {
+		t.Fatalf("no queue of [2 16 16] at epoch 15: %v", st)
+	}
+	for i := range 2 {
+		q := st["queue"].Data[i*2*half : (i+1)*2*half]
+		swavClose(t, fmt.Sprintf("queue %d after one batch", i), q[:half], a[i], 1e-5, 0.25)
+		if slices.ContainsFunc(q[half:], func(v float32) bool { return v != 0 }) {
+			t.Errorf("queue %d: rows past the first batch are not zero", i)
+		}
+	}
+	if inUse(st) {
+		t.Error("the queue is in use before it is full")
+	}
+	b := forward(swapped, 15)
+	st = state()
+	for i := range 2 {
+		q := st["queue"].Data[i*2*half : (i+1)*2*half]
+		swavClose(t, fmt.Sprintf("queue %d's newest batch", i), q[:half], b[i], 1e-5, 0.25)
+		swavClose(t, fmt.Sprintf("queue %d's older batch", i), q[half:], a[i], 1e-5, 0.25)
+	}
+	if inUse(st) {
+		t.Error("the queue is in use before a step found it full")
+	}
+	forward(views, 15)
+	st = state()
+	if !inUse(st) {
+		t.Error("the full queue is not in use")
+	}
+	// A restored method carries on with the same queue.
+	restored, err := NewSwAV(SwAVOptions{Crops: []int{2, 2}, QueueLength: 2 * swavBatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := restored.LoadState(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	again, err := restored.State(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range st {
+		if !slices.Equal(again[k].Shape, v.Shape) || !slices.Equal(again[k].Data, v.Data) {
+			t.Errorf("state %q changed in State/LoadState", k)
+		}
+	}
+	// A batch size the queue does not fit is refused at the next step.
+	if err := restored.LoadState(ctx, map[string]layers.HostTensor{"queue": {Shape: []int{2, 3, 16}, Data: make([]float32, 96)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := restored.startQueue(15, swavBatch, 1, 16); err == nil {
+		t.Error("a restored queue of 3 rows accepted for a batch of 8 and length 16")
+	}
+}
