@@ -2,11 +2,17 @@ package ssl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 
 	"github.com/e2mcvk/e2mcvk/layers"
 )
+
+// errNonFinite marks a Sinkhorn failure caused by the scores (NaN, or too
+// large): the network has diverged. Every replica meets it at the same
+// point, since the sums it is found in are all-reduced.
+var errNonFinite = errors.New("not finite")
 
 // Sinkhorn computes SwAV's soft cluster assignments of n samples to k
 // prototypes from their scores (row-major n x k, this replica's rows) with
@@ -57,7 +63,7 @@ func Sinkhorn(ctx context.Context, c layers.Collective, scores []float64, n, k i
 		return nil, fmt.Errorf("sinkhorn: sum: %w", err)
 	}
 	if !(total[0] > 0) || math.IsInf(total[0], 0) {
-		return nil, fmt.Errorf("sinkhorn: the sum of exp(scores/%v) is %v: scores too large or not finite", eps, total[0])
+		return nil, fmt.Errorf("sinkhorn: the sum of exp(scores/%v) is %v: scores too large or %w", eps, total[0], errNonFinite)
 	}
 	for i := range q {
 		q[i] /= total[0]
@@ -100,7 +106,7 @@ func Sinkhorn(ctx context.Context, c layers.Collective, scores []float64, n, k i
 	}
 	for i, v := range q {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
-			return nil, fmt.Errorf("sinkhorn: assignment %d of sample %d is %v", i%k, i/k, v)
+			return nil, fmt.Errorf("sinkhorn: assignment %d of sample %d is %v: %w", i%k, i/k, v, errNonFinite)
 		}
 	}
 	return q, nil

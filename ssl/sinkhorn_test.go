@@ -2,6 +2,7 @@ package ssl
 
 import (
 	"context"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"sync"
@@ -164,8 +165,12 @@ func TestSinkhornRefuses(t *testing.T) {
 		{"overflow", []float64{1e6, 0, 0, 0, 0, 0}, 2, 3, 0.05},
 		{"nan", []float64{math.NaN(), 0, 0, 0, 0, 0}, 2, 3, 0.05},
 	} {
-		if _, err := Sinkhorn(ctx, nil, c.scores, c.n, c.k, c.eps, 3); err == nil {
+		_, err := Sinkhorn(ctx, nil, c.scores, c.n, c.k, c.eps, 3)
+		if err == nil {
 			t.Errorf("%s: no error", c.name)
+		}
+		if diverged := c.name == "overflow" || c.name == "nan"; errors.Is(err, errNonFinite) != diverged {
+			t.Errorf("%s: %v: marked as diverged scores: %v, want %v", c.name, err, !diverged, diverged)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package ssl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -423,7 +424,14 @@ func (m *SwAV) Loss(st *Step) (*Loss, error) {
 			rows += m.queueLen
 		}
 		q, err := Sinkhorn(ctx, coll, crop, rows, k, m.o.Epsilon, m.o.SinkhornIters)
-		if err != nil {
+		if errors.Is(err, errNonFinite) {
+			// Diverged scores: the loss becomes NaN, for the trainer to
+			// stop on as on any non-finite loss, before any update.
+			q = make([]float64, rows*k)
+			for j := range q {
+				q[j] = math.NaN()
+			}
+		} else if err != nil {
 			return nil, fmt.Errorf("swav: crop %d: %w", c, err)
 		}
 		q = q[(rows-b)*k:]

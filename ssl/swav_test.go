@@ -695,3 +695,71 @@ func TestSwAVQueue(t *testing.T) {
 		t.Error("a restored queue of 3 rows accepted for a batch of 8 and length 16")
 	}
 }
+
+// Diverged scores make the loss NaN, not an error: the trainer stops on it
+// as on any non-finite loss.
+func TestSwAVDivergedLoss(t *testing.T) {
+	ctx := context.Background()
+	d := vktest.Device(t)
+	method, err := NewSwAV(SwAVOptions{MLP: "16-8", Prototypes: 6, Crops: []int{2, 1}, QueueStartEpoch: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := layers.ResNetConfig{Depth: 18, Width: 4, SmallStem: true, InChannels: 3}
+	model, err := method.NewModel(ctx, d, cfg, nil, rand.New(rand.NewPCG(3, 4)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer model.Release()
+	w := make([]float32, 6*8)
+	for i := range w {
+		w[i] = float32(math.NaN())
+	}
+	if err := model.Prototypes.Weight.Value.Upload(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	s, err := d.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tp := layers.NewTape(s)
+	defer tp.Release()
+	st := &Step{Ctx: ctx, Tape: tp, Model: model}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, size := range []int{12, 12, 8} {
+		v := make([]float32, 4*3*size*size)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64())
+		}
+		x, err := layers.FromHost(ctx, d, v, 4, 3, size, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer x.Release()
+		st.Views = append(st.Views, layers.Constant(x))
+	}
+	if err := method.Prepare(st); err != nil {
+		t.Fatal(err)
+	}
+	l, err := method.Loss(st)
+	if err != nil {
+		t.Fatalf("diverged scores: %v; want a NaN loss", err)
+	}
+	tp.Keep(l.Total)
+	tp.Keep(l.Terms["swav"])
+	defer l.Total.Value.Release()
+	defer l.Terms["swav"].Value.Release()
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range map[string]*layers.Var{"total": l.Total, "swav term": l.Terms["swav"]} {
+		h, err := v.Value.Download(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !math.IsNaN(float64(h[0])) {
+			t.Errorf("%s is %v, want NaN", name, h[0])
+		}
+	}
+}
