@@ -24,7 +24,7 @@ import (
 
 // defaultSteps is the length of a run given neither --steps nor --epochs:
 // the default run's, a few minutes on a two-core CPU with lavapipe.
-const defaultSteps = 200
+const defaultSteps = 100
 
 // poisonEnv names a test hook: the step whose batch is filled with NaN,
 // to exercise the non-finite-loss path end to end.
@@ -50,7 +50,7 @@ type trainCmd struct {
 	WD        *float64 `name:"wd" placeholder:"X" help:"Weight decay (default: the method's)."`
 	Schedule  string   `name:"schedule" enum:"constant,cosine" default:"constant" help:"Learning-rate schedule: constant, or a half cosine to 0 over the run's steps."`
 	Epochs    int      `name:"epochs" default:"0" help:"Train until this epoch, counted as the official scripts count them (a checkpoint of epoch E continues with epoch E+1)."`
-	Steps     int      `name:"steps" default:"0" help:"Train this many steps instead (default without --epochs: 200)."`
+	Steps     int      `name:"steps" default:"0" help:"Train this many steps instead (default without --epochs: 100)."`
 	BatchSize int      `name:"batch-size" default:"64" help:"Global batch size, split evenly over the devices."`
 	Seed      uint64   `name:"seed" default:"0" help:"Seed of the initial weights, the data order and the augmentations."`
 	Arch      string   `name:"arch" enum:"resnet18,resnet34,resnet50" default:"resnet18" help:"Backbone from scratch: resnet18, resnet34 or resnet50 (with --from: the checkpoint's)."`

@@ -88,6 +88,14 @@ func TestTrainUsageErrors(t *testing.T) {
 	}
 }
 
+// TestDefaultStepsDocumented keeps --steps' help in step with defaultSteps.
+func TestDefaultStepsDocumented(t *testing.T) {
+	code, out, _ := runCLI(t, "train", "--help")
+	if code != 0 || !strings.Contains(strings.Join(strings.Fields(out), " "), "default without --epochs: "+strconv.Itoa(defaultSteps)) {
+		t.Errorf("train --help does not give the default of %d steps:\n%s", defaultSteps, out)
+	}
+}
+
 // TestScaledViews checks the views' sizes at another image size: the
 // 224 px crops become the image size, SwAV's 96 px ones round(96/224 * S).
 func TestScaledViews(t *testing.T) {
