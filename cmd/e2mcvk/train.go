@@ -847,19 +847,29 @@ func isOutOfMemory(err error) bool {
 // fittingBatch probes for the largest batch size, halving from the run's,
 // whose step fits: one step on a fresh model with random images.
 func (r *trainRun) fittingBatch() string {
-	n := len(r.cfg.Devices)
 	ctx := context.WithoutCancel(r.e.ctx)
-	for b := r.c.BatchSize / 2; b >= 2*n; b /= 2 {
-		b -= b % n
-		err := r.probe(ctx, b)
+	return largestFittingBatch(r.c.BatchSize, len(r.cfg.Devices), func(b int) error { return r.probe(ctx, b) })
+}
+
+// largestFittingBatch halves batch (kept a multiple of the replicas, at
+// least two images each) until probe(b) succeeds, and says what it found.
+func largestFittingBatch(batch, replicas int, probe func(b int) error) string {
+	tried := 0
+	for b := batch / 2; b >= 2*replicas; b /= 2 {
+		b -= b % replicas
+		err := probe(b)
 		if err == nil {
 			return fmt.Sprintf("--batch-size %d fits (probed: one step of a fresh model)", b)
 		}
 		if !isOutOfMemory(err) {
-			return fmt.Sprintf("probing smaller batches failed: %v", err)
+			return fmt.Sprintf("probing a smaller batch failed: %v", err)
 		}
+		tried = b
 	}
-	return fmt.Sprintf("not even --batch-size %d fits: try a smaller --image-size or model", 2*n)
+	if tried == 0 {
+		return "use a smaller --image-size or model"
+	}
+	return fmt.Sprintf("not even --batch-size %d fits: use a smaller --image-size or model", tried)
 }
 
 // probe takes one step of batch size b on a fresh trainer.

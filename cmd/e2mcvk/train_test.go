@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"image"
 	"image/color"
 	"image/png"
@@ -23,6 +25,7 @@ import (
 
 	"github.com/e2mcvk/e2mcvk/layers"
 	"github.com/e2mcvk/e2mcvk/loader"
+	"github.com/e2mcvk/e2mcvk/vk"
 	"github.com/e2mcvk/e2mcvk/vk/vktest"
 )
 
@@ -93,6 +96,35 @@ func TestDefaultStepsDocumented(t *testing.T) {
 	code, out, _ := runCLI(t, "train", "--help")
 	if code != 0 || !strings.Contains(strings.Join(strings.Fields(out), " "), "default without --epochs: "+strconv.Itoa(defaultSteps)) {
 		t.Errorf("train --help does not give the default of %d steps:\n%s", defaultSteps, out)
+	}
+}
+
+// TestLargestFittingBatch checks the out-of-memory advice: halving from
+// the run's batch, multiples of the replicas, out-of-memory errors only.
+func TestLargestFittingBatch(t *testing.T) {
+	oomAbove := func(limit int, probed *[]int) func(int) error {
+		return func(b int) error {
+			*probed = append(*probed, b)
+			if b > limit {
+				return fmt.Errorf("step: %w", &vk.OutOfMemoryError{Device: "test", Requested: int64(b) << 20})
+			}
+			return nil
+		}
+	}
+	var probed []int
+	if got := largestFittingBatch(512, 1, oomAbove(100, &probed)); !strings.Contains(got, "--batch-size 64 fits") || !slices.Equal(probed, []int{256, 128, 64}) {
+		t.Errorf("512 on 1 device, 100 fit: %q after probing %v", got, probed)
+	}
+	probed = nil
+	if got := largestFittingBatch(96, 3, oomAbove(20, &probed)); !strings.Contains(got, "--batch-size 12 fits") || !slices.Equal(probed, []int{48, 24, 12}) {
+		t.Errorf("96 on 3 devices, 20 fit: %q after probing %v", got, probed)
+	}
+	probed = nil
+	if got := largestFittingBatch(16, 1, oomAbove(1, &probed)); !strings.Contains(got, "not even --batch-size 2 fits") {
+		t.Errorf("nothing fits: %q after probing %v", got, probed)
+	}
+	if got := largestFittingBatch(16, 1, func(int) error { return errors.New("device lost") }); !strings.Contains(got, "device lost") {
+		t.Errorf("another error while probing: %q", got)
 	}
 }
 
@@ -440,6 +472,37 @@ func TestTrainRun(t *testing.T) {
 	z, err := loader.ReadNpy(filepath.Join(out, "z.npy"))
 	if err != nil || !slices.Equal(z.Shape, []int{4, 64}) {
 		t.Errorf("projector embeddings %v, %v", z, err)
+	}
+
+	// Continued training from the checkpoint (epoch 1 done: 3 batches an
+	// epoch) to epoch 2: steps 3 to 5 of epoch 1, the optimizer's state and
+	// step count carried on, the heads' sizes taken from the checkpoint.
+	next := filepath.Join(t.TempDir(), "next")
+	code, _, stderr = runCLI(t, "train", "--from", filepath.Join(out, checkpointName), "--data", data, "--out", next,
+		"--batch-size", "8", "--image-size", "16", "--epochs", "2", "--log-every", "1", "--workers", "2")
+	if code != 0 {
+		t.Fatalf("--from: exit %d:\n%s", code, stderr)
+	}
+	recs, err = readMetrics(filepath.Join(next, metricsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps = nil
+	for _, r := range recs {
+		steps = append(steps, r[metricStep], r[metricEpoch])
+	}
+	if !slices.Equal(steps, []float64{3, 1, 4, 1, 5, 1}) {
+		t.Errorf("continued run's (step, epoch) pairs %v, want steps 3 to 5 of epoch 1", steps)
+	}
+	st, _, err = loadRunState(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Model.Epoch != 2 || st.Pos.Step != 6 || st.Optimizer == nil || st.Optimizer.Steps != 6 {
+		t.Errorf("continued run's checkpoint: epoch %d, position %+v", st.Model.Epoch, st.Pos)
+	}
+	if got := st.Model.Heads[loader.HeadProjector]["0.weight"].Shape; !slices.Equal(got, []int{64, 64}) {
+		t.Errorf("continued run's projector layer 0 is %v, want the checkpoint's [64 64]", got)
 	}
 }
 
