@@ -213,17 +213,8 @@ func (c *trainCmd) plan(e *env) (*trainPlan, error) {
 		return nil, err
 	}
 	if !p.resumed && c.From != "" {
-		parts, err := readCheckpoint(c.From, c.Layout)
-		if err != nil {
+		if err := p.readFrom(c); err != nil {
 			return nil, err
-		}
-		p.from, p.notes = parts, parts.Notes
-		if strings.HasSuffix(c.From, ".safetensors") {
-			if ck, err := loader.ReadCheckpoint(c.From); err == nil && ck.OptState != nil {
-				p.optimizer = ck.OptState
-			}
-		} else if parts.Optimizer != nil {
-			p.notes = append(p.notes, "the checkpoint's PyTorch optimizer state is not loaded: the optimizer starts afresh")
 		}
 	}
 	if p.from != nil {
@@ -278,6 +269,36 @@ func (c *trainCmd) plan(e *env) (*trainPlan, error) {
 	}
 	p.args = string(args)
 	return p, nil
+}
+
+// readFrom reads the --from checkpoint: the model, and the optimizer state
+// of an e2mcvk checkpoint of the same method (a .pth file's optimizer
+// state, pickled PyTorch objects, is never loaded).
+func (p *trainPlan) readFrom(c *trainCmd) error {
+	if !strings.HasSuffix(c.From, ".safetensors") {
+		parts, err := readCheckpoint(c.From, c.Layout)
+		if err != nil {
+			return err
+		}
+		p.from, p.notes = parts, parts.Notes
+		if parts.Optimizer != nil {
+			p.notes = append(p.notes, "the checkpoint's PyTorch optimizer state is not loaded: the optimizer starts afresh")
+		}
+		return nil
+	}
+	ck, err := loader.ReadCheckpoint(c.From)
+	if err != nil {
+		return err
+	}
+	p.from, p.notes = &ck.Parts, ck.Notes
+	switch m := ck.Meta[loader.MetaMethod]; {
+	case ck.OptState == nil:
+	case m != c.Method:
+		p.notes = append(p.notes, fmt.Sprintf("the checkpoint's optimizer state (of a %q run) is not loaded into a %s run: the optimizer starts afresh", m, c.Method))
+	default:
+		p.optimizer = ck.OptState
+	}
+	return nil
 }
 
 // check validates the flags' values beyond their types.
