@@ -17,7 +17,7 @@ xtr = np.load(os.path.join(d, "xtrain.npy")).astype(np.float64)
 ytr = np.load(os.path.join(d, "ytrain.npy"))
 xte = np.load(os.path.join(d, "xtest.npy")).astype(np.float64)
 yte = np.load(os.path.join(d, "ytest.npy"))
-clf = LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1, 10], cv=3, max_iter=2000, multi_class="multinomial")
+clf = LogisticRegressionCV(Cs=[0.003, 0.01, 0.03, 0.1, 0.3, 1], cv=3, max_iter=2000, multi_class="multinomial")
 clf.fit(xtr, ytr)
 top1 = 100.0 * float(np.mean(clf.predict(xte) == yte))
 with open(os.path.join(d, "result.json"), "w") as f:
