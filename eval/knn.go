@@ -58,6 +58,9 @@ func KNNScores(ctx context.Context, dev *vk.Device, train, test *Features, k int
 		}
 		block = 512
 	}
+	// A block's similarities are held on the host (and the device) at
+	// once: at most 256 MiB of them (about 50 rows against ImageNet).
+	block = max(1, min(block, (256<<20)/(4*train.N)))
 	classes := train.Classes
 	scores := make([]float64, test.N*classes)
 	buf := make([]float32, block*train.N)
