@@ -1,0 +1,108 @@
+package layers
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"testing"
+)
+
+// bnTrainBackwardRef is the analytic gradient of training-mode batch
+// normalisation in float64: dx = w*invstd*(dy - mean(dy) - xhat*mean(dy*xhat)),
+// dw = sum(dy*xhat), db = sum(dy).
+func bnTrainBackwardRef(x, dy []float64, shape []int, w []float64, eps float64) (dx, dw, db []float64) {
+	n, c, s := bnDims(shape)
+	mean, ssd := bnMoments(x, shape)
+	m := float64(n * s)
+	dx, dw, db = make([]float64, len(x)), make([]float64, c), make([]float64, c)
+	for ch := 0; ch < c; ch++ {
+		inv := 1 / math.Sqrt(ssd[ch]/m+eps)
+		var sdy, sdyx float64
+		for i := 0; i < n; i++ {
+			for k := (i*c + ch) * s; k < (i*c+ch+1)*s; k++ {
+				sdy += dy[k]
+				sdyx += dy[k] * (x[k] - mean[ch]) * inv
+			}
+		}
+		dw[ch], db[ch] = sdyx, sdy
+		for i := 0; i < n; i++ {
+			for k := (i*c + ch) * s; k < (i*c+ch+1)*s; k++ {
+				xhat := (x[k] - mean[ch]) * inv
+				dx[k] = w[ch] * inv * (dy[k] - sdy/m - xhat*sdyx/m)
+			}
+		}
+	}
+	return dx, dw, db
+}
+
+// TestBatchNormLargePlanes checks training-mode batch normalisation, forward
+// and backward, at the sizes of real networks' layers (thousands to tens of
+// thousands of values per channel, where the GPU tuning's chunks, slots and
+// shared-memory sums all come into play), under both tunings, against the
+// analytic float64 gradient (finite differences would take too long here).
+func TestBatchNormLargePlanes(t *testing.T) {
+	shapes := [][]int{{16, 16, 12, 12}, {16, 8, 24, 24}, {32, 24, 28, 28}, {8, 64, 56, 56}, {512, 96}}
+	if testing.Short() {
+		shapes = shapes[:2]
+	}
+	d := testDevices(t)[0].dev
+	ctx := context.Background()
+	for _, shape := range shapes {
+		for _, tuning := range []string{"cpu", "gpu"} {
+			t.Run(fmt.Sprintf("%v/%s", shape, tuning), func(t *testing.T) {
+				t.Setenv(bnTuningEnv, tuning)
+				_, c, _ := bnDims(shape)
+				size := 1
+				for _, v := range shape {
+					size *= v
+				}
+				x64, dy64 := make([]float64, size), make([]float64, size)
+				bnInit(shape, -1)(0, x64)
+				for i, v := range randn(77, size) {
+					dy64[i] = float64(v)
+				}
+				w64, b64 := make([]float64, c), make([]float64, c)
+				bnInit(shape, -1)(1, w64)
+				bnInit(shape, -1)(2, b64)
+				bn, err := NewBatchNorm(ctx, d, c, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(bn.Release)
+				if err := bn.Weight.Value.Upload(ctx, toF32(w64)); err != nil {
+					t.Fatal(err)
+				}
+				if err := bn.Bias.Value.Upload(ctx, toF32(b64)); err != nil {
+					t.Fatal(err)
+				}
+				s := stream(t, d)
+				tp := NewTape(s)
+				t.Cleanup(tp.Release)
+				xv := Param(upload(t, d, toF32(x64), shape...))
+				y := bn.Forward(tp, xv, true)
+				tp.Keep(y)
+				if err := tp.BackwardWith(y, upload(t, d, toF32(dy64), shape...)); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Run(ctx); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(xv.ZeroGrad)
+				t.Cleanup(bn.Weight.ZeroGrad)
+				t.Cleanup(bn.Bias.ZeroGrad)
+				download := func(x *Tensor) []float32 {
+					v, err := x.Download(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return v
+				}
+				dx, dw, db := bnTrainBackwardRef(x64, dy64, shape, w64, 1e-5)
+				assertClose(t, "y", download(y.Value), bnTrainRef(x64, shape, w64, b64), bnFwdTol)
+				assertClose(t, "dx", download(xv.Grad), dx, bnGradTol)
+				assertClose(t, "dweight", download(bn.Weight.Grad), dw, bnGradTol)
+				assertClose(t, "dbias", download(bn.Bias.Grad), db, bnGradTol)
+			})
+		}
+	}
+}
