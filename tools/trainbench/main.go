@@ -78,11 +78,11 @@ func run(ctx context.Context, o options) error {
 		lr *= float64(o.BatchSize) / 256
 	}
 	cfg := ssl.TrainerConfig{
-		Devices:   devs,
-		NewMethod: func() (ssl.Method, error) { return ssl.NewMethod(o.Method, ssl.MethodOptions{MLP: o.MLP}) },
-		Backbone:  layers.ResNetConfig{Depth: depth, Width: o.Width, SmallStem: o.SmallStem, InChannels: 3},
-		Seed:      1,
-		LR:        layers.ConstantLR(lr),
+		Devices:     devs,
+		NewMethod:   func() (ssl.Method, error) { return ssl.NewMethod(o.Method, ssl.MethodOptions{MLP: o.MLP}) },
+		Backbone:    layers.ResNetConfig{Depth: depth, Width: o.Width, SmallStem: o.SmallStem, InChannels: 3},
+		Seed:        1,
+		LR:          layers.ConstantLR(lr),
 		WeightDecay: def.WeightDecay,
 	}
 	if o.Criterion != "none" {
