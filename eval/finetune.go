@@ -67,45 +67,15 @@ func Finetune(ctx context.Context, dev *vk.Device, parts *loader.Parts, train, v
 	if classes < 2 || len(val.Classes()) > classes {
 		return 0, 0, fmt.Errorf("fine-tuning: %d training classes and %d validation classes", classes, len(val.Classes()))
 	}
-	rc, err := loader.ResNetConfigFor(parts)
+	ft, err := newFinetuner(ctx, dev, parts, classes, cfg)
 	if err != nil {
 		return 0, 0, err
 	}
-	if rc.InChannels != 3 {
-		return 0, 0, fmt.Errorf("the checkpoint's backbone takes %d-channel images; fine-tuning feeds RGB", rc.InChannels)
-	}
-	rc.Classes = 0
-	rng := rand.New(rand.NewPCG(cfg.Seed, 0xf1e7))
-	net, err := layers.NewResNet(ctx, dev, rc, rng)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer net.Release()
-	if err := loader.LoadBackbone(ctx, net, parts); err != nil {
-		return 0, 0, err
-	}
-	head, err := newHead(ctx, dev, net.Features, classes, rng)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer head.Release()
-	trunkOpt, err := layers.NewSGD([]layers.Group{{Params: layers.Parameters(net), WeightDecay: cfg.WeightDecay}}, cfg.Momentum)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer trunkOpt.Release()
-	headOpt, err := layers.NewSGD([]layers.Group{{Params: layers.Parameters(head), WeightDecay: cfg.WeightDecay}}, cfg.Momentum)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer headOpt.Release()
-	params := append(layers.Parameters(net), layers.Parameters(head)...)
-	trunkLR := layers.MultiStep{Base: cfg.TrunkLR, Gamma: cfg.Gamma, Milestones: cfg.Milestones}
-	headLR := layers.MultiStep{Base: cfg.HeadLR, Gamma: cfg.Gamma, Milestones: cfg.Milestones}
+	defer ft.release()
 	order := rand.New(rand.NewPCG(cfg.Seed, 0x5a3b1e))
 	n := train.Len()
 	for epoch := range cfg.Epochs {
-		net.Training = true
+		ft.net.Training = true
 		perm := order.Perm(n)
 		var total float64
 		seen := 0
@@ -122,17 +92,8 @@ func Finetune(ctx context.Context, dev *vk.Device, parts *loader.Parts, train, v
 			for k, i := range idx {
 				labels[k] = train.Label(i)
 			}
-			loss, err := finetuneStep(ctx, dev, net, head, data, labels, cfg.Augment.Size, func(s *vk.Stream) error {
-				if cfg.TrunkLR > 0 {
-					if err := trunkOpt.Step(s, trunkLR.LR(epoch)); err != nil {
-						return err
-					}
-				}
-				return headOpt.Step(s, headLR.LR(epoch))
-			})
-			for _, p := range params {
-				p.ZeroGrad()
-			}
+			loss, err := ft.step(ctx, data, labels, cfg.Augment.Size, epoch)
+			ft.zeroGrad()
 			if err != nil {
 				return 0, 0, err
 			}
@@ -146,10 +107,93 @@ func Finetune(ctx context.Context, dev *vk.Device, parts *loader.Parts, train, v
 			progress(epoch+1, n, total/float64(max(1, seen)), true)
 		}
 	}
-	net.Training = false
+	ft.net.Training = false
 	return classify(ctx, dev, val, cfg.Preprocess, cfg.BatchSize, func(tp *layers.Tape, x *layers.Var) *layers.Var {
-		return head.Forward(tp, net.Forward(tp, x))
+		return ft.head.Forward(tp, ft.net.Forward(tp, x))
 	}, classes)
+}
+
+// finetuner is the network being fine-tuned: the checkpoint's backbone, a
+// new head, and an optimizer for each with its schedule.
+type finetuner struct {
+	dev               *vk.Device
+	net               *layers.ResNet
+	head              *layers.Linear
+	trunkOpt, headOpt *layers.Optimizer
+	trunkLR, headLR   layers.MultiStep
+}
+
+func newFinetuner(ctx context.Context, dev *vk.Device, parts *loader.Parts, classes int, cfg FinetuneConfig) (ft *finetuner, err error) {
+	rc, err := loader.ResNetConfigFor(parts)
+	if err != nil {
+		return nil, err
+	}
+	if rc.InChannels != 3 {
+		return nil, fmt.Errorf("the checkpoint's backbone takes %d-channel images; fine-tuning feeds RGB", rc.InChannels)
+	}
+	rc.Classes = 0
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0xf1e7))
+	ft = &finetuner{dev: dev,
+		trunkLR: layers.MultiStep{Base: cfg.TrunkLR, Gamma: cfg.Gamma, Milestones: cfg.Milestones},
+		headLR:  layers.MultiStep{Base: cfg.HeadLR, Gamma: cfg.Gamma, Milestones: cfg.Milestones}}
+	defer func() {
+		if err != nil {
+			ft.release()
+		}
+	}()
+	if ft.net, err = layers.NewResNet(ctx, dev, rc, rng); err != nil {
+		return nil, err
+	}
+	if err := loader.LoadBackbone(ctx, ft.net, parts); err != nil {
+		return nil, err
+	}
+	if ft.head, err = newHead(ctx, dev, ft.net.Features, classes, rng); err != nil {
+		return nil, err
+	}
+	if ft.trunkOpt, err = layers.NewSGD([]layers.Group{{Params: layers.Parameters(ft.net), WeightDecay: cfg.WeightDecay}}, cfg.Momentum); err != nil {
+		return nil, err
+	}
+	if ft.headOpt, err = layers.NewSGD([]layers.Group{{Params: layers.Parameters(ft.head), WeightDecay: cfg.WeightDecay}}, cfg.Momentum); err != nil {
+		return nil, err
+	}
+	return ft, nil
+}
+
+func (ft *finetuner) release() {
+	for _, o := range []*layers.Optimizer{ft.trunkOpt, ft.headOpt} {
+		if o != nil {
+			o.Release()
+		}
+	}
+	if ft.head != nil {
+		ft.head.Release()
+	}
+	if ft.net != nil {
+		ft.net.Release()
+	}
+}
+
+func (ft *finetuner) params() []*layers.Var {
+	return append(layers.Parameters(ft.net), layers.Parameters(ft.head)...)
+}
+
+func (ft *finetuner) zeroGrad() {
+	for _, p := range ft.params() {
+		p.ZeroGrad()
+	}
+}
+
+// step trains on one batch in an epoch's learning rates and returns the
+// loss; the gradients stay until zeroGrad.
+func (ft *finetuner) step(ctx context.Context, data []float32, labels []int, size, epoch int) (float64, error) {
+	return finetuneStep(ctx, ft.dev, ft.net, ft.head, data, labels, size, func(s *vk.Stream) error {
+		if lr := ft.trunkLR.LR(epoch); lr > 0 {
+			if err := ft.trunkOpt.Step(s, lr); err != nil {
+				return err
+			}
+		}
+		return ft.headOpt.Step(s, ft.headLR.LR(epoch))
+	})
 }
 
 // newHead is a Linear layer initialised as SwAV's semi-supervised head:
