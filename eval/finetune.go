@@ -49,7 +49,7 @@ func (c FinetuneConfig) check() error {
 
 // FinetuneProgress is told about fine-tuning as it goes: after each batch
 // the epoch (from 1) and the images done in it, and after each epoch its
-// mean training loss (batch nil then).
+// mean training loss (epochEnd true then).
 type FinetuneProgress func(epoch, done int, loss float64, epochEnd bool)
 
 // Finetune fine-tunes the backbone of parts with a new linear head on train

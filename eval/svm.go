@@ -11,7 +11,7 @@ import (
 	"sync"
 )
 
-// VOC07Costs is VISSL's grid of SVM costs for VOC07.
+// voc07Costs is VISSL's grid of SVM costs for VOC07.
 var voc07Costs = []float64{0.01, 0.1, 1, 2, 5, 10, 15, 20, 50, 100, 1000}
 
 // VOC07Costs returns VISSL's grid of SVM costs (a fresh slice).
