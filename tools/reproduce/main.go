@@ -33,7 +33,7 @@ import (
 
 // options are the command line.
 type options struct {
-	Setting string   `default:"quick" enum:"quick,full" help:"quick: minutes per run on a CPU-only machine (steps, not epochs); full: epochs, for a GPU."`
+	Setting string   `default:"quick" enum:"smoke,quick,full" help:"quick: minutes per run on a CPU-only machine (steps, not epochs); full: epochs, for a GPU; smoke: a few steps, to check the tool itself."`
 	Methods []string `default:"vicreg,swav,simsiam" help:"Methods to reproduce."`
 	Seeds   int      `default:"3" help:"Evaluation seeds (label subsets and classifier initialisations)."`
 	Out     string   `default:"reproduce-runs" help:"Directory for the runs, the evaluations and the log."`
@@ -48,17 +48,27 @@ type setting struct {
 	train      []string // flags common to every training run
 	base, more []string // length of the pre-training and of the continuation
 	eval       []string // flags common to every evaluation
+	linear     []string // flags of the linear probes
 	describe   string
 }
 
 var settings = map[string]setting{
+	"smoke": {
+		train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "8", "--image-size", "32",
+			"--batch-size", "16", "--log-every", "1"},
+		base: []string{"--steps", "3"}, more: []string{"--steps", "1"},
+		eval: []string{"--train-data", "fashion-mnist:test", "--val-data", "fashion-mnist:test", "--resize", "32",
+			"--crop", "32"},
+		linear:   []string{"--epochs", "2"},
+		describe: "a smoke test of the tool (3 + 1 steps, width 8, evaluation on the test set itself)",
+	},
 	"quick": {
-		train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "16", "--image-size", "32",
-			"--batch-size", "64", "--log-every", "25"},
-		base: []string{"--steps", "300"}, more: []string{"--steps", "30"},
-		eval: []string{"--train-data", "fashion-mnist:train", "--val-data", "fashion-mnist:test", "--resize", "32", "--crop", "32"},
-		describe: "Fashion-MNIST (60000 training images, 10000 test), ResNet-18 of width 16 with the small stem, " +
-			"32 px views, batch 64; pre-training 300 steps, continuation 30 more steps (10%)",
+		train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "8", "--image-size", "28",
+			"--batch-size", "64", "--log-every", "20"},
+		base: []string{"--steps", "200"}, more: []string{"--steps", "20"},
+		eval: []string{"--train-data", "fashion-mnist:train", "--val-data", "fashion-mnist:test", "--resize", "0", "--crop", "0"},
+		describe: "Fashion-MNIST (60000 training images, 10000 test, at their own 28 px), ResNet-18 of width 8 with the " +
+			"small stem, batch 64; pre-training 200 steps (0.21 epochs), continuation 20 more steps (10%)",
 	},
 	"full": {
 		train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "64", "--image-size", "32",
@@ -141,6 +151,9 @@ func run(ctx context.Context, o options) error {
 				args := append([]string{"eval"}, p.args...)
 				args = append(args, "--checkpoint", ckpt(v.name), "--seeds", fmt.Sprint(o.Seeds), "--json")
 				args = append(args, set.eval...)
+				if p.args[0] == "linear" {
+					args = append(args, set.linear...)
+				}
 				out := filepath.Join(dir(v.name), p.name+".json")
 				steps = append(steps, step{args: args, done: out, json: out})
 			}
