@@ -9,6 +9,8 @@
 //
 //	devices   list the Vulkan devices (--json for a machine-readable list)
 //	version   print the version, the Go version and the Vulkan loader
+//	train     (continued) pre-training with VICReg, SwAV or SimSiam + E2MC
+//	eval      linear probe, kNN, fine-tuning and VOC07 SVMs of a checkpoint
 //	entropy   measure an N x D .npy array of embeddings as E2MC does
 //	embed     embeddings of a data set with a checkpoint's backbone
 //	convert   convert a checkpoint between .pth and .safetensors
