@@ -66,6 +66,7 @@ type trainCmd struct {
 	NoAugment bool     `name:"no-augment" help:"No augmentation: every view is the image resized (shorter side) and centre-cropped to its size, then normalised."`
 	NoShuffle bool     `name:"no-shuffle" help:"Take the images in data-set order."`
 	Workers   *int     `name:"workers" placeholder:"N" help:"Image-decoding goroutines; 0: one a CPU (default 0, or the resumed run's)."`
+	Strict    bool     `name:"strict" help:"Stop at the first unreadable image, naming it, instead of skipping it (skipped images are logged and counted)."`
 }
 
 // Help is the long help of `e2mcvk train --help`.
@@ -377,7 +378,7 @@ func newDataSource(c *trainCmd, p *trainPlan, log io.Writer) *dataSource {
 	return &dataSource{
 		pipe: &loader.Pipeline{
 			Data: p.data, Views: p.views, BatchSize: c.BatchSize, Seed: c.Seed,
-			Workers: *c.Workers, Log: log,
+			Workers: *c.Workers, Log: log, Strict: c.Strict,
 		},
 		noAugment: c.NoAugment,
 		noShuffle: c.NoShuffle,
