@@ -630,7 +630,7 @@ const (
 // channels: conv_gather.comp (register blocking, subgroup broadcast) on CPU
 // devices, conv_gather_tiled.comp (shared memory) elsewhere.
 func chooseConvGather(info vk.DeviceInfo, m int) convGatherKernel {
-	if info.Type != "cpu" {
+	if !cpuKernels(info) {
 		bm, bk, tile := 64, 16, 4
 		if info.MaxWorkgroupSize > 0 && info.MaxWorkgroupSize < 256 {
 			bm = 32
@@ -917,7 +917,7 @@ type convWgradKernel struct {
 // are about a thousand workgroups; nil on CPU devices, where the gather
 // kernel does the work (convWgradByGather).
 func chooseConvWgrad(info vk.DeviceInfo) *convWgradKernel {
-	if info.Type == "cpu" {
+	if cpuKernels(info) {
 		return nil
 	}
 	bm, bk, tile := 64, 16, 4

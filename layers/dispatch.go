@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"os"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -165,4 +166,21 @@ func Bind(t *Tensor, write bool) (vk.Arg, uint32, error) {
 			t.shape, vk.FormatBytes(4*int64(t.Len())), vk.FormatBytes(t.Device().SegmentLimit()), t.Device().Info.Name)
 	}
 	return arg, rel, nil
+}
+
+// kernelsEnv names the environment variable that makes the convolution and
+// GEMM kernels those of another kind of device ("cpu" or "gpu"), so that
+// the GPU kernels can be tested on lavapipe and the other way round.
+const kernelsEnv = "E2MCVK_KERNELS"
+
+// cpuKernels reports whether a device gets the kernels written for CPU
+// devices (lavapipe): its own type, unless E2MCVK_KERNELS says otherwise.
+func cpuKernels(info vk.DeviceInfo) bool {
+	switch os.Getenv(kernelsEnv) {
+	case "cpu":
+		return true
+	case "gpu":
+		return false
+	}
+	return info.Type == "cpu"
 }

@@ -180,7 +180,7 @@ const (
 // m x n output: on CPU devices the register-blocked gemm.comp with tiles
 // shrunk for thin matrices, elsewhere the shared-memory gemm_tiled.comp.
 func chooseGemmKernel(info vk.DeviceInfo, m, n int) gemmKernel {
-	if info.Type != "cpu" {
+	if !cpuKernels(info) {
 		return gpuGemmKernel(info)
 	}
 	// The broadcast of A's rows is written for 8-wide subgroups, llvmpipe's
