@@ -68,7 +68,7 @@ func (m *SimSiam) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetC
 		// has them.
 		rng = rand.New(rand.NewPCG(0, 0))
 	}
-	bb, err := layers.NewResNet(ctx, d, cfg, rng)
+	bb, err := newBackbone(ctx, d, cfg, parts, rng, true)
 	if err != nil {
 		return nil, fmt.Errorf("simsiam: %w", err)
 	}
@@ -76,13 +76,6 @@ func (m *SimSiam) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetC
 	fail := func(err error) (*Model, error) {
 		model.Release()
 		return nil, fmt.Errorf("simsiam: %w", err)
-	}
-	if parts != nil {
-		if err := loader.LoadBackbone(ctx, bb, parts); err != nil {
-			return fail(err)
-		}
-	} else if err := zeroInitResidual(ctx, bb); err != nil {
-		return fail(err)
 	}
 	proj, err := m.head(ctx, d, parts, loader.HeadProjector, bb.Features, layers.MLPConfig{
 		Spec:     fmt.Sprintf("%d-%d-%d", bb.Features, bb.Features, m.dim),
@@ -140,21 +133,6 @@ func (m *SimSiam) head(ctx context.Context, d *vk.Device, parts *loader.Parts, n
 		return nil, err
 	}
 	return h, nil
-}
-
-// zeroInitResidual sets the weight of the last batch norm of every residual
-// block to zero, as torchvision's zero_init_residual=True (which SimSiam's
-// builder asks for) does, so that each block starts as the identity.
-func zeroInitResidual(ctx context.Context, r *layers.ResNet) error {
-	for _, stage := range r.Layers {
-		for _, blk := range stage {
-			w := blk.BNs[len(blk.BNs)-1].Weight
-			if err := w.Value.Upload(ctx, make([]float32, w.Value.Len())); err != nil {
-				return fmt.Errorf("zero_init_residual: %w", err)
-			}
-		}
-	}
-	return nil
 }
 
 // Prepare does nothing: SimSiam changes nothing between steps.

@@ -185,9 +185,9 @@ func (m *SwAV) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetConf
 	if cfg.Classes != 0 {
 		return nil, fmt.Errorf("swav: backbone with %d classes: want none (no fc)", cfg.Classes)
 	}
-	bb, err := layers.NewResNet(ctx, d, cfg, rng)
+	bb, err := newBackbone(ctx, d, cfg, parts, rng, false)
 	if err != nil {
-		return nil, fmt.Errorf("swav: backbone: %w", err)
+		return nil, fmt.Errorf("swav: %w", err)
 	}
 	model = &Model{Backbone: bb, Heads: map[string]*layers.MLP{}}
 	defer func() {
@@ -196,11 +196,6 @@ func (m *SwAV) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetConf
 			model = nil
 		}
 	}()
-	if parts != nil {
-		if err := loader.LoadBackbone(ctx, bb, parts); err != nil {
-			return nil, fmt.Errorf("swav: %w", err)
-		}
-	}
 	headCfg := layers.MLPConfig{Spec: m.o.MLP, HiddenBias: true, LastBias: true}
 	fromParts := parts != nil && parts.Heads[loader.HeadProjector] != nil
 	if fromParts {

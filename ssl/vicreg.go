@@ -84,22 +84,15 @@ func (v *VICReg) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetCo
 		// The initial values are overwritten by the checkpoint's.
 		rng = rand.New(rand.NewPCG(0, 0))
 	}
-	bb, err := layers.NewResNet(ctx, d, cfg, rng)
+	// main_vicreg.py builds its ResNet with zero_init_residual=True.
+	bb, err := newBackbone(ctx, d, cfg, parts, rng, true)
 	if err != nil {
-		return nil, fmt.Errorf("vicreg backbone: %w", err)
+		return nil, fmt.Errorf("vicreg: %w", err)
 	}
 	m := &Model{Backbone: bb, Heads: map[string]*layers.MLP{}}
 	fail := func(err error) (*Model, error) {
 		m.Release()
 		return nil, fmt.Errorf("vicreg: %w", err)
-	}
-	if parts != nil {
-		if err := loader.LoadBackbone(ctx, bb, parts); err != nil {
-			return fail(err)
-		}
-	} else if err := zeroInitResidual(ctx, bb); err != nil {
-		// main_vicreg.py builds its ResNet with zero_init_residual=True.
-		return fail(err)
 	}
 	hc := layers.MLPConfig{Spec: v.opts.MLP, HiddenBias: true}
 	in := bb.Features
