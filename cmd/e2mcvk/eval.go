@@ -189,6 +189,23 @@ type trainSet struct {
 	fraction float64 // 1: all (or the subset list)
 }
 
+// openSplits opens the training set (with the labels fraction) and the
+// evaluation set, and checks that they share their classes.
+func (l *evalLabels) openSplits(trainData, valData string) (*trainSet, loader.Dataset, error) {
+	train, err := l.open(trainData)
+	if err != nil {
+		return nil, nil, err
+	}
+	val, err := openData("--val-data", valData)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := sameClasses(train.ds, val); err != nil {
+		return nil, nil, err
+	}
+	return train, val, nil
+}
+
 func (l *evalLabels) open(trainData string) (*trainSet, error) {
 	if l.Subset != "" {
 		spec := trainData + "@" + l.Subset
@@ -275,15 +292,8 @@ func (c *evalLinearCmd) Run(e *env) error {
 	if c.Augment && c.Crop == 0 {
 		return fmt.Errorf("--augment needs --crop, the size of the training crops")
 	}
-	train, err := c.evalLabels.open(c.TrainData)
+	train, val, err := c.evalLabels.openSplits(c.TrainData, c.ValData)
 	if err != nil {
-		return err
-	}
-	val, err := openData("--val-data", c.ValData)
-	if err != nil {
-		return err
-	}
-	if err := sameClasses(train.ds, val); err != nil {
 		return err
 	}
 	hash, err := eval.FileHash(c.Checkpoint)
@@ -375,15 +385,8 @@ func (c *evalKNNCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	train, err := c.evalLabels.open(c.TrainData)
+	train, val, err := c.evalLabels.openSplits(c.TrainData, c.ValData)
 	if err != nil {
-		return err
-	}
-	val, err := openData("--val-data", c.ValData)
-	if err != nil {
-		return err
-	}
-	if err := sameClasses(train.ds, val); err != nil {
 		return err
 	}
 	hash, err := eval.FileHash(c.Checkpoint)
@@ -471,15 +474,8 @@ func (c *evalFinetuneCmd) Run(e *env) error {
 	if c.Crop == 0 {
 		return fmt.Errorf("fine-tuning needs --crop, the size of the training crops")
 	}
-	train, err := c.evalLabels.open(c.TrainData)
+	train, val, err := c.evalLabels.openSplits(c.TrainData, c.ValData)
 	if err != nil {
-		return err
-	}
-	val, err := openData("--val-data", c.ValData)
-	if err != nil {
-		return err
-	}
-	if err := sameClasses(train.ds, val); err != nil {
 		return err
 	}
 	cfg := eval.DefaultFinetuneConfig()
