@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"testing"
+
+	"github.com/e2mcvk/e2mcvk/vk"
 )
 
 // bnTrainBackwardRef is the analytic gradient of training-mode batch
@@ -35,6 +37,30 @@ func bnTrainBackwardRef(x, dy []float64, shape []int, w []float64, eps float64) 
 	return dx, dw, db
 }
 
+// affineBatchNorm makes a batch norm for shape's channels with weight and
+// bias N(0, 1) (bnInit), released when the test ends, and returns the two
+// as float64 too.
+func affineBatchNorm(t *testing.T, d *vk.Device, shape []int) (*BatchNorm, []float64, []float64) {
+	t.Helper()
+	ctx := context.Background()
+	_, c, _ := bnDims(shape)
+	w64, b64 := make([]float64, c), make([]float64, c)
+	bnInit(shape, -1)(1, w64)
+	bnInit(shape, -1)(2, b64)
+	bn, err := NewBatchNorm(ctx, d, c, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bn.Release)
+	if err := bn.Weight.Value.Upload(ctx, toF32(w64)); err != nil {
+		t.Fatal(err)
+	}
+	if err := bn.Bias.Value.Upload(ctx, toF32(b64)); err != nil {
+		t.Fatal(err)
+	}
+	return bn, w64, b64
+}
+
 // TestBatchNormLargePlanes checks training-mode batch normalisation, forward
 // and backward, at the sizes of real networks' layers (thousands to tens of
 // thousands of values per channel, where the GPU tuning's chunks, slots and
@@ -51,7 +77,6 @@ func TestBatchNormLargePlanes(t *testing.T) {
 		for _, tuning := range []string{"cpu", "gpu"} {
 			t.Run(fmt.Sprintf("%v/%s", shape, tuning), func(t *testing.T) {
 				t.Setenv(bnTuningEnv, tuning)
-				_, c, _ := bnDims(shape)
 				size := 1
 				for _, v := range shape {
 					size *= v
@@ -61,20 +86,7 @@ func TestBatchNormLargePlanes(t *testing.T) {
 				for i, v := range randn(77, size) {
 					dy64[i] = float64(v)
 				}
-				w64, b64 := make([]float64, c), make([]float64, c)
-				bnInit(shape, -1)(1, w64)
-				bnInit(shape, -1)(2, b64)
-				bn, err := NewBatchNorm(ctx, d, c, true)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(bn.Release)
-				if err := bn.Weight.Value.Upload(ctx, toF32(w64)); err != nil {
-					t.Fatal(err)
-				}
-				if err := bn.Bias.Value.Upload(ctx, toF32(b64)); err != nil {
-					t.Fatal(err)
-				}
+				bn, w64, b64 := affineBatchNorm(t, d, shape)
 				s := stream(t, d)
 				tp := NewTape(s)
 				t.Cleanup(tp.Release)
@@ -119,20 +131,7 @@ func TestBatchNormTwoPasses(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/c%d", tuning, c), func(t *testing.T) {
 				t.Setenv(bnTuningEnv, tuning)
 				shapes := [][]int{{16, c, 12, 12}, {16, c, 6, 6}}
-				w64, b64 := make([]float64, c), make([]float64, c)
-				bnInit(shapes[0], -1)(1, w64)
-				bnInit(shapes[0], -1)(2, b64)
-				bn, err := NewBatchNorm(ctx, d, c, true)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(bn.Release)
-				if err := bn.Weight.Value.Upload(ctx, toF32(w64)); err != nil {
-					t.Fatal(err)
-				}
-				if err := bn.Bias.Value.Upload(ctx, toF32(b64)); err != nil {
-					t.Fatal(err)
-				}
+				bn, w64, _ := affineBatchNorm(t, d, shapes[0])
 				s := stream(t, d)
 				tp := NewTape(s)
 				t.Cleanup(tp.Release)
