@@ -70,7 +70,8 @@ func affineBatchNorm(t *testing.T, d *vk.Device, shape []int) (*BatchNorm, []flo
 func TestBatchNormLargePlanes(t *testing.T) {
 	shapes := [][]int{{16, 16, 12, 12}, {16, 8, 24, 24}, {32, 24, 28, 28}, {8, 64, 56, 56}, {512, 96},
 		// SwAV's small crops deep in a ResNet: small planes, many rows.
-		{16, 16, 6, 6}, {16, 32, 3, 3}, {16, 64, 2, 2}, {16, 64, 3, 3}, {16, 8, 12, 12}, {32, 64, 1, 1}}
+		{16, 16, 6, 6}, {16, 32, 3, 3}, {16, 64, 2, 2}, {16, 64, 3, 3}, {16, 8, 12, 12}, {32, 64, 1, 1},
+		{16, 32, 7, 7}, {16, 64, 4, 4}, {48, 32, 3, 3}, {48, 64, 2, 2}, {48, 16, 6, 6}}
 	d := testDevices(t)[0].dev
 	ctx := context.Background()
 	for _, shape := range shapes {
