@@ -30,8 +30,8 @@ const (
 // weight unif_weight (default 1), adding unif_weight * mean over the crops
 // to the SwAV loss.
 //
-// Apply follows that on the views it is given (so the caller passes crops
-// 0 and 1): loss = mean over views of log(mean_{i<j} exp(-t |y_i - y_j|^2)),
+// Apply follows that on the first two views it is given (SwAV's crops 0
+// and 1): loss = mean over views of log(mean_{i<j} exp(-t |y_i - y_j|^2)),
 // y the rows divided by max(||z||, 1e-12) as F.normalize does, computed
 // with its closed-form gradient on the host in float64 over the gathered
 // batch. The loss needs a pair: a global batch of one sample is an error
@@ -54,6 +54,9 @@ func (a *AUH) Release() {}
 // replica's share). Penalty.Value is coeff times the loss and
 // HostTerms["auh"] the unweighted loss, both of the global batch.
 func (a *AUH) Apply(st *Step, z []*layers.Var) (*Penalty, error) {
+	if len(z) > 2 {
+		z = z[:2]
+	}
 	h, err := gatherToHost(st, z)
 	if err != nil {
 		return nil, fmt.Errorf("auh: %w", err)

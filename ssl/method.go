@@ -88,8 +88,9 @@ type Loss struct {
 	Terms map[string]*layers.Var
 	// Embeddings are the replica's embeddings an add-on criterion acts on,
 	// one [b, D] Var per view (VICReg: the expander outputs; SwAV: the
-	// projection outputs before normalisation; SimSiam: z1, z2), not yet
-	// gathered.
+	// projection outputs of every crop before normalisation; SimSiam: z1,
+	// z2), not yet gathered. E2MC, VCReg and AUH use the first two, MMCR
+	// all of them.
 	Embeddings []*layers.Var
 }
 

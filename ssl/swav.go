@@ -476,16 +476,18 @@ func (m *SwAV) Loss(st *Step) (*Loss, error) {
 	wv := tp.Scale(layers.Constant(w), 1)
 	total := tp.Sum(tp.Mul(wv, tp.LogSoftmax(tp.Scale(out, float32(1/m.o.Temperature)))))
 	reported := tp.Scale(layers.Constant(term), 1)
-	var emb01 []*layers.Var
-	if n == 2 {
-		emb01 = tp.Split(z, b, b)
-	} else {
-		emb01 = tp.Split(z, b, b, (n-2)*b)[:2]
+	// Every crop's projection: E2MC, VCReg and AUH take crops 0 and 1
+	// (the first two), MMCR the centroid of all of them, as the E2MC
+	// authors' SwAV baselines do.
+	sizes := make([]int, n)
+	for i := range sizes {
+		sizes[i] = b
 	}
+	embs := tp.Split(z, sizes...)
 	if err := tp.Err(); err != nil {
 		return nil, fmt.Errorf("swav: loss: %w", err)
 	}
-	return &Loss{Total: total, Terms: map[string]*layers.Var{"swav": reported}, Embeddings: emb01}, nil
+	return &Loss{Total: total, Terms: map[string]*layers.Var{"swav": reported}, Embeddings: embs}, nil
 }
 
 // logSoftmax writes log(softmax(alpha*x)) into dst.

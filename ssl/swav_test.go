@@ -191,8 +191,8 @@ func swavStep(t *testing.T, d *vk.Device, method *SwAV, model *Model, comm *Comm
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(l.Embeddings) != 2 || !slices.Equal(l.Embeddings[0].Shape(), []int{batch, 16}) || !l.Embeddings[1].RequiresGrad() {
-		t.Fatalf("embeddings: want the projections of crops 0 and 1, [%d, 16] each, with gradients", batch)
+	if len(l.Embeddings) != len(views) || !slices.Equal(l.Embeddings[0].Shape(), []int{batch, 16}) || !l.Embeddings[1].RequiresGrad() {
+		t.Fatalf("embeddings: want the projections of all %d crops, [%d, 16] each, with gradients", len(views), batch)
 	}
 	term := l.Terms["swav"]
 	if term == nil {
