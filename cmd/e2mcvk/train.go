@@ -38,12 +38,13 @@ type trainCmd struct {
 	EntCoeff  *float64 `name:"ent-coeff" placeholder:"X" help:"Weight of the criterion's entropy term (default: the method's: VICReg 10, SwAV 10, SimSiam 1)."`
 	CovCoeff  *float64 `name:"cov-coeff" placeholder:"X" help:"Weight of the criterion's covariance term (default: the method's: VICReg 1, SwAV 1, SimSiam 25)."`
 
-	From       string `name:"from" type:"existingfile" placeholder:"C" help:"Continue from this checkpoint (an official VICReg, SwAV or SimSiam .pth, a torchvision state dict or an e2mcvk .safetensors): backbone, heads, epoch and (e2mcvk files only) optimizer state. Without it, training starts from random weights."`
-	Layout     string `name:"layout" default:"" placeholder:"L" help:"Layout of --from, detected when empty."`
-	MLP        string `name:"mlp" default:"" placeholder:"A-B-C" help:"Sizes of the projector's (VICReg: expander's) layers where the checkpoint has none (default: the method's official ones, except 512-512-512 for VICReg from scratch)."`
-	Dim        int    `name:"dim" default:"0" help:"Output size of the projector where the checkpoint has none (0: the method's)."`
-	PredDim    int    `name:"pred-dim" default:"0" help:"Hidden size of SimSiam's predictor where the checkpoint has none (0: 512)."`
-	Prototypes int    `name:"prototypes" default:"0" help:"Number of SwAV's prototypes where the checkpoint has none (0: 3000)."`
+	From        string `name:"from" type:"existingfile" placeholder:"C" help:"Continue from this checkpoint (an official VICReg, SwAV or SimSiam .pth, a torchvision state dict or an e2mcvk .safetensors): backbone, heads, epoch and (e2mcvk files only) optimizer state. Without it, training starts from random weights."`
+	Layout      string `name:"layout" default:"" placeholder:"L" help:"Layout of --from, detected when empty."`
+	MLP         string `name:"mlp" default:"" placeholder:"A-B-C" help:"Sizes of the projector's (VICReg: expander's) layers where the checkpoint has none (default: the method's official ones, except 512-512-512 for VICReg from scratch)."`
+	Dim         int    `name:"dim" default:"0" help:"Output size of the projector where the checkpoint has none (0: the method's)."`
+	PredDim     int    `name:"pred-dim" default:"0" help:"Hidden size of SimSiam's predictor where the checkpoint has none (0: 512)."`
+	Prototypes  int    `name:"prototypes" default:"0" help:"Number of SwAV's prototypes where the checkpoint has none (0: 3000)."`
+	FreezeProto int    `name:"freeze-prototypes" default:"313" placeholder:"N" help:"SwAV: the prototypes stay fixed during the run's first N iterations, counted from the start of training as main_swav.py's freeze_prototypes_niters (0: never)."`
 
 	LR        *float64 `name:"lr" placeholder:"X" help:"Base learning rate (default: the method's); VICReg and SimSiam scale it by --batch-size/256 as their scripts do."`
 	PredLR    float64  `name:"pred-lr" default:"0.05" help:"SimSiam's predictor learning rate, scaled like --lr and held fixed."`
@@ -320,8 +321,8 @@ func (c *trainCmd) check() error {
 		return bad("--save-every must not be negative and --log-every must be at least 1")
 	case *c.Workers < 0:
 		return bad("--workers %d must not be negative", *c.Workers)
-	case c.Dim < 0 || c.PredDim < 0 || c.Prototypes < 0:
-		return bad("--dim, --pred-dim and --prototypes must not be negative")
+	case c.Dim < 0 || c.PredDim < 0 || c.Prototypes < 0 || c.FreezeProto < 0:
+		return bad("--dim, --pred-dim, --prototypes and --freeze-prototypes must not be negative")
 	case c.PredLR < 0 || (c.LR != nil && *c.LR < 0) || (c.WD != nil && *c.WD < 0):
 		return bad("learning rates and weight decay must not be negative")
 	}
@@ -576,7 +577,11 @@ func (c *trainCmd) train(e *env, p *trainPlan) error {
 		c: c, p: p, e: e, lrText: lrText(baseLR, lr, def.ScaleLR, c),
 		critText: criterionText(c.Criterion, ent, cov),
 	}
-	opts := ssl.MethodOptions{MLP: p.mlp, Dim: c.Dim, PredDim: c.PredDim, Prototypes: c.Prototypes}
+	opts := ssl.MethodOptions{MLP: p.mlp, Dim: c.Dim, PredDim: c.PredDim, Prototypes: c.Prototypes,
+		FreezePrototypesIters: c.FreezeProto}
+	if c.FreezeProto == 0 {
+		opts.FreezePrototypesIters = -1 // ssl's "never"; its 0 means the official 313
+	}
 	r.cfg = ssl.TrainerConfig{
 		NewMethod:   func() (ssl.Method, error) { return ssl.NewMethod(c.Method, opts) },
 		Backbone:    p.backbone,
