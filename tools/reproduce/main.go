@@ -45,10 +45,11 @@ type options struct {
 
 // setting is the size of a reproduction.
 type setting struct {
-	train      []string // flags common to every training run
-	base, more []string // length of the pre-training and of the continuation
-	eval       []string // flags common to every evaluation
-	linear     []string // flags of the linear probes
+	train      []string            // flags common to every training run
+	base, more []string            // length of the pre-training and of the continuation
+	eval       []string            // flags common to every evaluation
+	linear     []string            // flags of the linear probes
+	method     map[string][]string // flags of one method's training runs
 	describe   string
 }
 
@@ -67,8 +68,12 @@ var settings = map[string]setting{
 			"--batch-size", "64", "--log-every", "20"},
 		base: []string{"--steps", "200"}, more: []string{"--steps", "20"},
 		eval: []string{"--train-data", "fashion-mnist:train", "--val-data", "fashion-mnist:test", "--resize", "0", "--crop", "0"},
+		// main_swav.py freezes the prototypes for its first 313 iterations
+		// (one ImageNet epoch at batch 4096): here, the first 10%.
+		method: map[string][]string{"swav": {"--freeze-prototypes", "20"}},
 		describe: "Fashion-MNIST (60000 training images, 10000 test, at their own 28 px), ResNet-18 of width 8 with the " +
-			"small stem, batch 64; pre-training 200 steps (0.21 epochs), continuation 20 more steps (10%)",
+			"small stem, batch 64; pre-training 200 steps (0.21 epochs), continuation 20 more steps (10%); SwAV's " +
+			"prototypes frozen for the first 20 steps",
 	},
 	"full": {
 		train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "64", "--image-size", "32",
@@ -140,6 +145,7 @@ func run(ctx context.Context, o options) error {
 		ckpt := func(v string) string { return filepath.Join(dir(v), "last.safetensors") }
 		train := func(v string, extra ...string) step {
 			args := append([]string{"train", "--method", m, "--out", dir(v), "--device", o.Device}, set.train...)
+			args = append(args, set.method[m]...)
 			return step{args: append(args, extra...), done: filepath.Join(dir(v), "done")}
 		}
 		steps = append(steps,
