@@ -30,9 +30,13 @@ Writes into OUTDIR:
                       the method's ("sim", "std", "cov"; "swav";
                       "simsiam"), E2MC's ("ent": the mean entropy of the two
                       views, "cov_e2mc": cov_a + cov_b) and "loss", the total
+  margin.json         how near the step's forward (the same in every case)
+                      puts a ReLU input to the kink: "relu_margin", "where",
+                      "near", "rounding" (see kink_check)
 Cases: "none" and "e2mc"; for SwAV also "none_frozen" (from swav_plain.pth:
 no prototype update, main_swav.py's p.grad = None).
 """
+import copy
 import json
 import math
 import os
@@ -211,6 +215,117 @@ def simsiam_step(model, views, lr, pred_lr, wd, with_e2mc):
     return {"epoch": 100, "arch": "resnet18", "state_dict": model.state_dict()}, terms
 
 
+# The margin of the ReLUs. A float32 forward pass (PyTorch's or the
+# command's) rounds a ReLU's input by up to some 1e-5 of the size of the
+# terms it sums, differently in each; an input nearer the kink than that
+# may be on in one and off in the other, and every gradient below it then
+# differs by as much as that input's gradient, which can far exceed the
+# tolerances (one such element of layer3.1 in SwAV's batch of
+# fashion-mnist:train's first 8 images moves the
+# backbone's update by 1e-3 when E2MC weights it). relu_margin measures the
+# distance on the exact (float64) forward of the step, for every ReLU
+# module the forward calls (the models have no max pool: the small stem's
+# is the identity), element by element, relative to the size of the terms
+# the input sums:
+#   after a batch norm (stem, blocks' first ReLU, heads):
+#       |y| / (|y - b| + |b|)                 y = w * xhat + b
+#   after a block's residual add (y = out + identity, out = bn2's output):
+#       |y| / (|out - b| + |b| + |identity|)
+#   VICReg's std term relu(1 - std):  |1 - std| / (1 + std)
+# and takes the minimum. The forward does not depend on the case.
+
+def relu_inputs(method, model, views, dtype):
+    """Every ReLU input of the step's forward in call order: its name
+    ("where"), its values y (float64) and the size of their summands
+    ("scale"), on a copy of model and views in dtype (train mode, as the
+    step). Returns the calls and VICReg's std of both views."""
+    m = copy.deepcopy(model).to(dtype)
+    m.train()
+    xs = [v.to(dtype) for v in views]
+    names = {mod: name for name, mod in m.named_modules()}
+    bns = {}  # id of a batch norm's output: (tensor, version, value, bias)
+    calls = []
+
+    def bn_hook(mod, inp, out):
+        bias = mod.bias.detach() if mod.affine else torch.zeros(out.shape[1], dtype=out.dtype)
+        bns[id(out)] = (out, out._version, out.detach().double().clone(),
+                        bias.double().view(1, -1, *[1] * (out.dim() - 2)))
+
+    def relu_pre(mod, inp):
+        y = inp[0]
+        rec = bns.get(id(y))
+        if rec is None or rec[0] is not y:
+            raise RuntimeError("ReLU %s: input from no batch norm: its margin is undefined" % names[mod])
+        _, version, bn, b = rec
+        # BasicBlock adds the identity into bn2's output in place.
+        kind = "bn" if y._version == version else "residual"
+        y = y.detach().double().clone()
+        scale = (bn - b).abs() + b.abs()
+        if kind == "residual":
+            scale = scale + (y - bn).abs()
+        k = sum(1 for c in calls if c["mod"] is mod)
+        calls.append({"mod": mod, "where": "%s call %d (%s)" % (names[mod], k, kind), "y": y, "scale": scale})
+
+    for mod in m.modules():
+        if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            mod.register_forward_hook(bn_hook)
+        elif isinstance(mod, torch.nn.ReLU):
+            mod.register_forward_pre_hook(relu_pre)
+        elif isinstance(mod, (torch.nn.MaxPool1d, torch.nn.MaxPool2d)):
+            raise RuntimeError("max pool %s: no margin defined" % names[mod])
+    std = []
+    with torch.no_grad():
+        if method == "vicreg":
+            _, _, a, b = m(xs[0], xs[1])
+            for z in (a, b):
+                std.append(torch.sqrt((z - z.mean(dim=0)).var(dim=0) + 0.0001).double())
+        elif method == "swav":
+            m.prototypes.weight.copy_(F.normalize(m.prototypes.weight, dim=1, p=2))
+            m(xs)
+        else:
+            enc, pred = m.module.encoder, m.module.predictor
+            pred(enc(xs[0]))
+            pred(enc(xs[1]))
+    if not calls:
+        raise RuntimeError("no ReLU called")
+    return calls, std
+
+
+def kink_check(method, model, views):
+    """margin.json: relu_margin and where it is (see above); near, the
+    number of inputs with a margin under NEAR; rounding, the number of
+    inputs no farther from the kink than ROUNDING times the largest error
+    of PyTorch's float32 forward over the input's channel (those a float32
+    pass may put on the other side; float32 errors accumulate through the
+    network, so the deeper, the farther)."""
+    c32, s32 = relu_inputs(method, model, views, torch.float32)
+    c64, s64 = relu_inputs(method, model, views, torch.float64)
+    if [c["where"] for c in c64] != [c["where"] for c in c32]:
+        raise RuntimeError("float32 and float64 forwards call the ReLUs differently")
+    out = {"relu_margin": math.inf, "where": "", "near": 0, "rounding": 0}
+    for a, b in zip(c64, c32):
+        r = torch.where(a["scale"] > 0, a["y"].abs() / a["scale"], torch.full_like(a["y"], math.inf))
+        i = int(torch.argmin(r))
+        out["near"] += int((r < NEAR).sum().item())
+        if r.flatten()[i].item() < out["relu_margin"]:
+            out["relu_margin"] = r.flatten()[i].item()
+            out["where"] = "%s element %s" % (a["where"], list(np.unravel_index(i, tuple(r.shape))))
+        e = (b["y"] - a["y"]).abs()
+        e = e.amax(dim=[d for d in range(e.dim()) if d != 1], keepdim=True)
+        out["rounding"] += int((a["y"].abs() <= ROUNDING * e).sum().item())
+    for name, a, b in zip("xy", s64, s32):
+        r = (1 - a).abs() / (1 + a)
+        out["near"] += int((r < NEAR).sum().item())
+        out["rounding"] += int(((1 - a).abs() <= ROUNDING * (b - a).abs().max()).sum().item())
+        if r.min().item() < out["relu_margin"]:
+            out["relu_margin"], out["where"] = r.min().item(), "std term of %s, feature %d" % (name, int(torch.argmin(r)))
+    return out
+
+
+NEAR = 1e-5
+ROUNDING = 2.0
+
+
 def main():
     method, views_dir, out = sys.argv[1:4]
     lr, pred_lr, wd = map(float, sys.argv[4:7])
@@ -223,6 +338,8 @@ def main():
     step = {"vicreg": vicreg_step, "swav": swav_step, "simsiam": simsiam_step}[method]
     model = setup(out)
     init = {k: v.clone() for k, v in model.state_dict().items()}
+    with open(os.path.join(out, "margin.json"), "w") as f:
+        json.dump(kink_check(method, model, views), f)
     cases = [("none", {"with_e2mc": False}), ("e2mc", {"with_e2mc": True})]
     if method == "swav":
         cases.append(("none_frozen", {"with_e2mc": False, "frozen": True}))
