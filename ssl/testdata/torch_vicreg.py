@@ -34,6 +34,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.models.resnet as tvr
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "layers", "testdata"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "e2mc", "testdata"))
+from torch_optim import LARS, exclude_bias_and_norm  # noqa: E402
+from torch_reference import m_spacings_estimator, sample_cov_estimator  # noqa: E402
+
 WIDTH = 8
 BATCH = 8
 SIZE = 16
@@ -111,64 +117,9 @@ def off_diagonal(x):
     return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
 
 
-class LARS(torch.optim.Optimizer):
-    """main_vicreg.py's LARS, unchanged."""
-
-    def __init__(self, params, lr, weight_decay=0, momentum=0.9, eta=0.001,
-                 weight_decay_filter=None, lars_adaptation_filter=None):
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta,
-                        weight_decay_filter=weight_decay_filter,
-                        lars_adaptation_filter=lars_adaptation_filter)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self):
-        for g in self.param_groups:
-            for p in g['params']:
-                dp = p.grad
-                if dp is None:
-                    continue
-                if g['weight_decay_filter'] is None or not g['weight_decay_filter'](p):
-                    dp = dp.add(p, alpha=g['weight_decay'])
-                if g['lars_adaptation_filter'] is None or not g['lars_adaptation_filter'](p):
-                    param_norm = torch.norm(p)
-                    update_norm = torch.norm(dp)
-                    one = torch.ones_like(param_norm)
-                    q = torch.where(param_norm > 0.,
-                                    torch.where(update_norm > 0,
-                                                (g['eta'] * param_norm / update_norm), one), one)
-                    dp = dp.mul(q)
-                param_state = self.state[p]
-                if 'mu' not in param_state:
-                    param_state['mu'] = torch.zeros_like(p)
-                mu = param_state['mu']
-                mu.mul_(g['momentum']).add_(dp)
-                p.add_(mu, alpha=-g['lr'])
-
-
-def exclude_bias_and_norm(p):
-    return p.ndim == 1
-
-
-# The authors' E2MC on VICReg (e2mc/testdata/torch_reference.py): sigmoid
-# bound, m-spacing entropy with eps 1e-7, covariance of the centred bounded
-# values.
-def m_spacings_estimator(x, m, eps):
-    n = x.shape[0]
-    x, _ = torch.sort(x, dim=0, stable=True)
-    x = x[m:] - x[: n - m]
-    x = x * (n + 1) / m
-    return torch.log(x + eps).sum(dim=0) / (n - m)
-
-
-def sample_cov_estimator(x):
-    n, d = x.shape
-    x = x - x.mean(dim=0)
-    cov = (x.T @ x) / (n - 1)
-    off = cov - torch.diag(cov.diagonal())
-    return off.pow(2).sum().div(d)
-
-
+# main_vicreg.py's LARS and filter (layers/testdata/torch_optim.py) and the
+# authors' E2MC on VICReg (e2mc/testdata/torch_reference.py): sigmoid bound,
+# m-spacing entropy with eps 1e-7, covariance of the centred bounded values.
 def e2mc(za, zb):
     n = za.shape[0]
     m = round(math.sqrt(n))
