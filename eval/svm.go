@@ -11,11 +11,8 @@ import (
 	"sync"
 )
 
-// voc07Costs is VISSL's grid of SVM costs for VOC07.
-var voc07Costs = []float64{0.01, 0.1, 1, 2, 5, 10, 15, 20, 50, 100, 1000}
-
 // VOC07Costs returns VISSL's grid of SVM costs (a fresh slice).
-func VOC07Costs() []float64 { return slices.Clone(voc07Costs) }
+func VOC07Costs() []float64 { return []float64{0.01, 0.1, 1, 2, 5, 10, 15, 20, 50, 100, 1000} }
 
 // SVMConfig are the settings of the VOC07 protocol's linear SVMs: scikit-
 // learn's LinearSVC(C=cost, class_weight={1: PosWeight, -1: NegWeight},

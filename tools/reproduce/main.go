@@ -53,54 +53,64 @@ type setting struct {
 	describe   string
 }
 
-var settings = map[string]setting{
-	"smoke": {
-		train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "8", "--image-size", "32",
-			"--batch-size", "16", "--log-every", "1"},
-		base: []string{"--steps", "3"}, more: []string{"--steps", "1"},
-		eval: []string{"--train-data", "fashion-mnist:test", "--val-data", "fashion-mnist:test", "--resize", "32",
-			"--crop", "32"},
-		linear:   []string{"--epochs", "2"},
-		describe: "a smoke test of the tool (3 + 1 steps, width 8, evaluation on the test set itself)",
-	},
-	"quick": {
-		train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "8", "--image-size", "28",
-			"--batch-size", "64", "--log-every", "20"},
-		base: []string{"--steps", "200"}, more: []string{"--steps", "20"},
-		eval: []string{"--train-data", "fashion-mnist:train", "--val-data", "fashion-mnist:test", "--resize", "0", "--crop", "0"},
-		// main_swav.py freezes the prototypes for its first 313 iterations
-		// (one ImageNet epoch at batch 4096): here, the first 10%.
-		method: map[string][]string{"swav": {"--freeze-prototypes", "20"}},
-		describe: "Fashion-MNIST (60000 training images, 10000 test, at their own 28 px), ResNet-18 of width 8 with the " +
-			"small stem, batch 64; pre-training 200 steps (0.21 epochs), continuation 20 more steps (10%); SwAV's " +
-			"prototypes frozen for the first 20 steps",
-	},
-	"full": {
-		train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "64", "--image-size", "32",
-			"--batch-size", "256", "--log-every", "50"},
-		base: []string{"--epochs", "100"}, more: []string{"--epochs", "110"},
-		eval: []string{"--train-data", "fashion-mnist:train", "--val-data", "fashion-mnist:test", "--resize", "32", "--crop", "32"},
-		describe: "Fashion-MNIST, ResNet-18 (width 64, small stem), 32 px views, batch 256; pre-training 100 epochs, " +
-			"continuation to epoch 110",
-	},
+// settings returns the sizes of reproduction by name.
+func settings() map[string]setting {
+	return map[string]setting{
+		"smoke": {
+			train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "8", "--image-size", "32",
+				"--batch-size", "16", "--log-every", "1"},
+			base: []string{"--steps", "3"}, more: []string{"--steps", "1"},
+			eval: []string{"--train-data", "fashion-mnist:test", "--val-data", "fashion-mnist:test", "--resize", "32",
+				"--crop", "32"},
+			linear:   []string{"--epochs", "2"},
+			describe: "a smoke test of the tool (3 + 1 steps, width 8, evaluation on the test set itself)",
+		},
+		"quick": {
+			train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "8", "--image-size", "28",
+				"--batch-size", "64", "--log-every", "20"},
+			base: []string{"--steps", "200"}, more: []string{"--steps", "20"},
+			eval: []string{"--train-data", "fashion-mnist:train", "--val-data", "fashion-mnist:test", "--resize", "0", "--crop", "0"},
+			// main_swav.py freezes the prototypes for its first 313 iterations
+			// (one ImageNet epoch at batch 4096): here, the first 10%.
+			method: map[string][]string{"swav": {"--freeze-prototypes", "20"}},
+			describe: "Fashion-MNIST (60000 training images, 10000 test, at their own 28 px), ResNet-18 of width 8 with the " +
+				"small stem, batch 64; pre-training 200 steps (0.21 epochs), continuation 20 more steps (10%); SwAV's " +
+				"prototypes frozen for the first 20 steps",
+		},
+		"full": {
+			train: []string{"--data", "fashion-mnist:train", "--arch", "resnet18", "--width", "64", "--image-size", "32",
+				"--batch-size", "256", "--log-every", "50"},
+			base: []string{"--epochs", "100"}, more: []string{"--epochs", "110"},
+			eval: []string{"--train-data", "fashion-mnist:train", "--val-data", "fashion-mnist:test", "--resize", "32", "--crop", "32"},
+			describe: "Fashion-MNIST, ResNet-18 (width 64, small stem), 32 px views, batch 256; pre-training 100 epochs, " +
+				"continuation to epoch 110",
+		},
+	}
 }
 
 // variants are the table's rows for each method.
-var variants = []struct{ name, label string }{
-	{"base", "base"},
-	{"continued", "continued"},
-	{"e2mc", "+E2MC"},
+func variants() []struct{ name, label string } {
+	return []struct{ name, label string }{
+		{"base", "base"},
+		{"continued", "continued"},
+		{"e2mc", "+E2MC"},
+	}
+}
+
+// probe is a column of the table: an evaluation.
+type probe struct {
+	name, label string
+	args        []string
 }
 
 // probes are the table's columns.
-var probes = []struct {
-	name, label string
-	args        []string
-}{
-	{"linear1", "Linear 1%", []string{"linear", "--labels", "1%"}},
-	{"linear10", "Linear 10%", []string{"linear", "--labels", "10%"}},
-	{"linear100", "Linear 100%", []string{"linear", "--labels", "100%"}},
-	{"knn", "kNN (k=200)", []string{"knn"}},
+func probes() []probe {
+	return []probe{
+		{"linear1", "Linear 1%", []string{"linear", "--labels", "1%"}},
+		{"linear10", "Linear 10%", []string{"linear", "--labels", "10%"}},
+		{"linear100", "Linear 100%", []string{"linear", "--labels", "100%"}},
+		{"knn", "kNN (k=200)", []string{"knn"}},
+	}
 }
 
 func main() {
@@ -123,7 +133,7 @@ type step struct {
 }
 
 func run(ctx context.Context, o options) error {
-	set := settings[o.Setting]
+	set := settings()[o.Setting]
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return err
 	}
@@ -152,8 +162,8 @@ func run(ctx context.Context, o options) error {
 			train("base", append([]string{"--criterion", "none"}, set.base...)...),
 			train("continued", append([]string{"--criterion", "none", "--from", ckpt("base")}, set.more...)...),
 			train("e2mc", append([]string{"--criterion", "e2mc", "--from", ckpt("base")}, set.more...)...))
-		for _, v := range variants {
-			for _, p := range probes {
+		for _, v := range variants() {
+			for _, p := range probes() {
 				args := append([]string{"eval"}, p.args...)
 				args = append(args, "--checkpoint", ckpt(v.name), "--seeds", fmt.Sprint(o.Seeds), "--json")
 				args = append(args, set.eval...)
@@ -248,18 +258,18 @@ func writeResults(o options, set setting, bin string, steps []step, timings map[
 		"and classifier initialisations; the training runs themselves are one seed each). kNN is deterministic (std 0).\n\n",
 		set.describe, o.Seeds)
 	fmt.Fprintf(&b, "| Method | Model |")
-	for _, p := range probes {
+	for _, p := range probes() {
 		fmt.Fprintf(&b, " %s |", p.label)
 	}
 	fmt.Fprintf(&b, "\n|---|---|")
-	for range probes {
+	for range probes() {
 		fmt.Fprintf(&b, "---|")
 	}
 	b.WriteString("\n")
 	for _, m := range o.Methods {
-		for _, v := range variants {
+		for _, v := range variants() {
 			fmt.Fprintf(&b, "| %s | %s |", m, v.label)
-			for _, p := range probes {
+			for _, p := range probes() {
 				r, err := readResult(filepath.Join(o.Out, m, v.name, p.name+".json"))
 				if err != nil {
 					return err
