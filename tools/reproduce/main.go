@@ -132,23 +132,8 @@ type step struct {
 	json string // where the step's standard output (an eval's JSON) goes; empty for none
 }
 
-func run(ctx context.Context, o options) error {
-	set := settings()[o.Setting]
-	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return err
-	}
-	bin := o.E2MCVK
-	if bin == "" && !o.DryRun {
-		bin = filepath.Join(o.Out, "e2mcvk")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/e2mcvk")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("build e2mcvk (run from the repository's root, or pass --e2mcvk): %w", err)
-		}
-	}
-	if bin == "" {
-		bin = "e2mcvk"
-	}
+// plan lists the reproduction's commands (e2mcvk's arguments) in order.
+func plan(o options, set setting) []step {
 	var steps []step
 	for _, m := range o.Methods {
 		dir := func(v string) string { return filepath.Join(o.Out, m, v) }
@@ -175,11 +160,33 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 	}
+	return steps
+}
+
+func run(ctx context.Context, o options) error {
+	set := settings()[o.Setting]
+	steps := plan(o, set)
 	if o.DryRun {
+		bin := o.E2MCVK
+		if bin == "" {
+			bin = "e2mcvk"
+		}
 		for _, s := range steps {
 			fmt.Println(bin, strings.Join(s.args, " "))
 		}
 		return nil
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return err
+	}
+	bin := o.E2MCVK
+	if bin == "" {
+		bin = filepath.Join(o.Out, "e2mcvk")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/e2mcvk")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("build e2mcvk (run from the repository's root, or pass --e2mcvk): %w", err)
+		}
 	}
 	logf, err := os.OpenFile(filepath.Join(o.Out, "log.txt"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
