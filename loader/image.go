@@ -724,7 +724,17 @@ func (p Preprocess) applyInto(img image.Image, h, w int, dst []float32) error {
 	if gh != h || gw != w {
 		return &sizeError{want: [2]int{h, w}, got: [2]int{gh, gw}}
 	}
-	m := ToRGB(img)
+	m, err := p.rgb(ToRGB(img))
+	if err != nil {
+		return err
+	}
+	return m.Normalize(dst)
+}
+
+// rgb is the transform's resize and centre crop of an RGB image, before
+// ToTensor and Normalize. Its size must have been checked (OutputSize).
+func (p Preprocess) rgb(m *RGBImage) (*RGBImage, error) {
+	var err error
 	rw, rh := m.Width, m.Height
 	if p.Resize > 0 {
 		rw, rh = shorterSide(m.Width, m.Height, p.Resize) // within MaxImagePixels: OutputSize checked
@@ -740,10 +750,10 @@ func (p Preprocess) applyInto(img image.Image, h, w int, dst []float32) error {
 		m = m.resizeRegion(rw, rh, region, pilCoeffs)
 	case p.Crop > 0:
 		if m, err = m.Crop(region.Min.X, region.Min.Y, p.Crop, p.Crop); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return m.Normalize(dst)
+	return m, nil
 }
 
 // centerOffset returns where torchvision's CenterCrop starts a crop of

@@ -35,6 +35,9 @@ type Pipeline struct {
 	Strict bool
 	// Log receives one line for each skipped image; nil discards them.
 	Log io.Writer
+	// InOrder takes the images in data-set order every epoch instead of
+	// shuffling them (e2mcvk train --no-shuffle).
+	InOrder bool
 }
 
 // Batch is one training batch.
@@ -65,8 +68,16 @@ func (p *Pipeline) NumBatches() int {
 }
 
 // Order returns the epoch's shuffled order of the data set: a permutation
-// drawn from a PCG generator seeded with (Seed, epoch).
+// drawn from a PCG generator seeded with (Seed, epoch), or data-set order
+// with InOrder.
 func (p *Pipeline) Order(epoch int) []int {
+	if p.InOrder {
+		order := make([]int, p.Data.Len())
+		for i := range order {
+			order[i] = i
+		}
+		return order
+	}
 	return rand.New(rand.NewPCG(p.Seed, uint64(epoch))).Perm(p.Data.Len())
 }
 

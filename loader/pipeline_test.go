@@ -340,3 +340,37 @@ func TestPipelineCancel(t *testing.T) {
 		t.Errorf("%d goroutines after closing, %d before", n, before)
 	}
 }
+
+// TestPipelinePlainInOrder checks the fidelity modes: InOrder takes the
+// images in data-set order, and Plain views hold exactly what LoadBatch
+// gives with the evaluation transform at the view's size.
+func TestPipelinePlainInOrder(t *testing.T) {
+	ds := writePNGFolder(t, 11)
+	views := smallViews()
+	for i := range views {
+		views[i].Plain = true
+	}
+	p := &Pipeline{Data: ds, Views: views, BatchSize: 4, Seed: 7, Workers: 3, InOrder: true}
+	batches, _ := collect(t, p, 2, 1)
+	if len(batches) != 1 || batches[0].Number != 1 {
+		t.Fatalf("%d batches from batch 1", len(batches))
+	}
+	b := batches[0]
+	if fmt.Sprint(b.Samples) != "[4 5 6 7]" {
+		t.Fatalf("samples %v, want [4 5 6 7] (data-set order)", b.Samples)
+	}
+	for v, view := range views {
+		want, _, _, err := LoadBatch(context.Background(), ds, b.Samples, Preprocess{Resize: view.Size, Crop: view.Size}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b.Views[v]) != len(want) {
+			t.Fatalf("view %d: %d values, want %d", v, len(b.Views[v]), len(want))
+		}
+		for i := range want {
+			if b.Views[v][i] != want[i] {
+				t.Fatalf("view %d value %d: %v, LoadBatch %v", v, i, b.Views[v][i], want[i])
+			}
+		}
+	}
+}

@@ -11,6 +11,12 @@ import (
 // recipes do; SimSiam's (MoCo v2's) flips last, after the blur.
 type View struct {
 	ViewAugment
+	// Plain replaces the augmentation by the evaluation transform at the
+	// view's size: the image resized (shorter side to Size) and
+	// centre-cropped to Size x Size, as Preprocess{Size, Size} does, the
+	// same for every epoch (e2mcvk train --no-augment compares one step
+	// with PyTorch this way).
+	Plain bool
 	// FlipLast runs RandomHorizontalFlip(FlipP) after the blur and the
 	// solarization instead of after the crop.
 	FlipLast bool
@@ -18,6 +24,13 @@ type View struct {
 
 // Apply runs the view's transform on m, its random draws taken from rng.
 func (v View) Apply(m *RGBImage, rng *rand.Rand) (*RGBImage, error) {
+	if v.Plain {
+		p := Preprocess{Resize: v.Size, Crop: v.Size}
+		if _, _, err := p.OutputSize(m.Width, m.Height); err != nil {
+			return nil, err
+		}
+		return p.rgb(m)
+	}
 	if !v.FlipLast {
 		return v.ViewAugment.Apply(m, rng)
 	}

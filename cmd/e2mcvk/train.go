@@ -10,10 +10,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/e2mcvk/e2mcvk/layers"
@@ -359,166 +358,27 @@ func scaledViews(method string, size int) ([]loader.View, error) {
 	return vs, nil
 }
 
-// batchStream is an epoch's batches: a loader.BatchIter, or a plainStream
-// for --no-augment and --no-shuffle.
-type batchStream interface {
-	Next() bool
-	Batch() *loader.Batch
-	Err() error
-	Close() error
-}
-
-// dataSource gives each epoch's batches, from any batch on.
+// dataSource gives each epoch's batches, from any batch on: the pipeline,
+// with plain views for --no-augment and data-set order for --no-shuffle.
 type dataSource struct {
-	pipe      *loader.Pipeline
-	noAugment bool
-	noShuffle bool
+	pipe *loader.Pipeline
 }
 
 func newDataSource(c *trainCmd, p *trainPlan, log io.Writer) *dataSource {
-	return &dataSource{
-		pipe: &loader.Pipeline{
-			Data: p.data, Views: p.views, BatchSize: c.BatchSize, Seed: c.Seed,
-			Workers: *c.Workers, Log: log, Strict: c.Strict,
-		},
-		noAugment: c.NoAugment,
-		noShuffle: c.NoShuffle,
+	views := slices.Clone(p.views)
+	for i := range views {
+		views[i].Plain = c.NoAugment
 	}
+	return &dataSource{pipe: &loader.Pipeline{
+		Data: p.data, Views: views, BatchSize: c.BatchSize, Seed: c.Seed,
+		Workers: *c.Workers, Log: log, Strict: c.Strict, InOrder: c.NoShuffle,
+	}}
 }
 
 // epoch starts epoch's batches from batch start.
-func (s *dataSource) epoch(ctx context.Context, epoch, start int) (batchStream, error) {
-	if !s.noAugment && !s.noShuffle {
-		return s.pipe.Epoch(ctx, epoch, start)
-	}
-	// loader.Pipeline always shuffles and augments: the fidelity modes
-	// build their batches here, one at a time, the same way.
-	order := s.pipe.Order(epoch)
-	if s.noShuffle {
-		for i := range order {
-			order[i] = i
-		}
-	}
-	return &plainStream{ctx: ctx, src: s, epoch: epoch, order: order, next: start}, nil
+func (s *dataSource) epoch(ctx context.Context, epoch, start int) (*loader.BatchIter, error) {
+	return s.pipe.Epoch(ctx, epoch, start)
 }
-
-// plainStream builds the batches of --no-augment or --no-shuffle: batch k
-// holds the images order[k*B : (k+1)*B]; an unreadable image is an error.
-type plainStream struct {
-	ctx   context.Context
-	src   *dataSource
-	epoch int
-	order []int
-	next  int
-	batch *loader.Batch
-	err   error
-}
-
-func (it *plainStream) Next() bool {
-	it.batch = nil
-	p := it.src.pipe
-	if it.err != nil || it.next >= p.NumBatches() {
-		return false
-	}
-	if it.err = it.ctx.Err(); it.err != nil {
-		return false
-	}
-	k, bs := it.next, p.BatchSize
-	idx := it.order[k*bs : (k+1)*bs]
-	b := &loader.Batch{Number: k, Samples: idx, Views: make([][]float32, len(p.Views)), Sizes: make([]int, len(p.Views))}
-	for _, i := range idx {
-		b.Labels = append(b.Labels, p.Data.Label(i))
-	}
-	for v, view := range p.Views {
-		b.Sizes[v] = view.Size
-	}
-	if it.src.noAugment {
-		it.err = it.fillPlain(b)
-	} else {
-		it.err = it.fillAugmented(b)
-	}
-	if it.err != nil {
-		it.err = fmt.Errorf("batch %d of epoch %d: %w", k, it.epoch, it.err)
-		return false
-	}
-	it.batch = b
-	it.next++
-	return true
-}
-
-// fillPlain fills every view with the images resized and centre-cropped to
-// the view's size, decoding once per distinct size.
-func (it *plainStream) fillPlain(b *loader.Batch) error {
-	bySize := map[int][]float32{}
-	for v, s := range b.Sizes {
-		if x, ok := bySize[s]; ok {
-			b.Views[v] = x
-			continue
-		}
-		x, _, _, err := loader.LoadBatch(it.ctx, it.src.pipe.Data, b.Samples, loader.Preprocess{Resize: s, Crop: s}, it.src.pipe.Workers)
-		if err != nil {
-			return err
-		}
-		bySize[s], b.Views[v] = x, x
-	}
-	return nil
-}
-
-// fillAugmented augments the images in data-set order with the pipeline's
-// views and randomness (loader.ViewRNG), on worker goroutines.
-func (it *plainStream) fillAugmented(b *loader.Batch) error {
-	p := it.src.pipe
-	for v, s := range b.Sizes {
-		b.Views[v] = make([]float32, len(b.Samples)*3*s*s)
-	}
-	workers := p.Workers
-	if workers == 0 {
-		workers = runtime.NumCPU()
-	}
-	errs := make([]error, len(b.Samples))
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range next {
-				errs[j] = it.augment(b, j)
-			}
-		}()
-	}
-	for j := range b.Samples {
-		next <- j
-	}
-	close(next)
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-func (it *plainStream) augment(b *loader.Batch, j int) error {
-	p := it.src.pipe
-	i := b.Samples[j]
-	img, err := p.Data.Image(i)
-	if err != nil {
-		return fmt.Errorf("%s: %w", p.Data.Name(i), err)
-	}
-	rgb := loader.ToRGB(img)
-	for v, view := range p.Views {
-		out, err := view.Apply(rgb, loader.ViewRNG(p.Seed, it.epoch, i, v))
-		if err != nil {
-			return fmt.Errorf("%s: view %d: %w", p.Data.Name(i), v, err)
-		}
-		per := 3 * b.Sizes[v] * b.Sizes[v]
-		if err := out.Normalize(b.Views[v][j*per : (j+1)*per]); err != nil {
-			return fmt.Errorf("%s: view %d: %w", p.Data.Name(i), v, err)
-		}
-	}
-	return nil
-}
-
-func (it *plainStream) Batch() *loader.Batch { return it.batch }
-func (it *plainStream) Err() error           { return it.err }
-func (it *plainStream) Close() error         { return nil }
 
 // schedule returns the run's per-step learning rate: lr throughout, or a
 // half cosine from lr at the run's first step to 0 at its last.
