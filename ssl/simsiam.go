@@ -60,9 +60,6 @@ func (*SimSiam) Name() string { return "simsiam" }
 // is nil). A backbone made fresh gets SimSiam's zero_init_residual (the
 // last batch norm of each residual block starts at weight 0).
 func (m *SimSiam) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetConfig, parts *loader.Parts, rng *rand.Rand) (*Model, error) {
-	if cfg.Classes != 0 {
-		return nil, fmt.Errorf("simsiam: the backbone has %d classes; its fc is the projector, want Classes 0", cfg.Classes)
-	}
 	if rng == nil {
 		// A fixed stream: the values drawn are overwritten where parts
 		// has them.

@@ -182,9 +182,6 @@ func (m *SwAV) Name() string { return "swav" }
 // else is initialised from rng, in the order the official model creates its
 // modules: backbone, head, prototypes.
 func (m *SwAV) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetConfig, parts *loader.Parts, rng *rand.Rand) (model *Model, err error) {
-	if cfg.Classes != 0 {
-		return nil, fmt.Errorf("swav: backbone with %d classes: want none (no fc)", cfg.Classes)
-	}
 	bb, err := newBackbone(ctx, d, cfg, parts, rng, false)
 	if err != nil {
 		return nil, fmt.Errorf("swav: %w", err)
