@@ -2,12 +2,15 @@ package loader
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/go-gl/mathgl/mgl64"
 )
 
 // rrcCase must match RRC_CASES in testdata/torch_augment.py.
@@ -342,96 +345,229 @@ func oracleBox(w, h int) CropBox {
 	return CropBox{Top: h / 5, Left: w / 6, Height: h / 2, Width: w / 2}
 }
 
-// TestResizedCropMatchesTorchvision checks the exact path, ResizedCrop,
-// against torchvision's resized_crop (and its mirror) byte for byte.
+// resizedCropReference is the composition ResizedCrop replaces, and the
+// reference it is tested against: crop, PIL's resize of the cropped image
+// (Resize or ResizeBicubic, each checked against torchvision), mirror.
+func resizedCropReference(m *RGBImage, box CropBox, w, h int, interp Interpolation, flip bool) (*RGBImage, error) {
+	c, err := m.Crop(box.Left, box.Top, box.Width, box.Height)
+	if err != nil {
+		return nil, err
+	}
+	var out *RGBImage
+	switch interp {
+	case Bilinear:
+		out, err = c.Resize(w, h)
+	case Bicubic:
+		out, err = c.ResizeBicubic(w, h)
+	default:
+		return nil, fmt.Errorf("interpolation %d", interp)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if flip {
+		out = out.HFlip()
+	}
+	return out, nil
+}
+
+// interpolations names the filters for the tests; the bicubic oracle
+// outputs carry the suffix "bicubic".
+var interpolations = []struct {
+	name   string
+	interp Interpolation
+	suffix string
+}{{"bilinear", Bilinear, ""}, {"bicubic", Bicubic, "bicubic"}}
+
+// TestResizedCropMatchesTorchvision checks ResizedCrop against
+// torchvision's resized_crop (and its mirror) byte for byte, bilinear and
+// bicubic, on the test images and scikit-learn's two photographs, for
+// crops enlarged and shrunk.
 func TestResizedCropMatchesTorchvision(t *testing.T) {
 	for _, c := range augmentCases(t) {
 		for op, size := range resizedCrops {
-			t.Run(c.name+"/"+op, func(t *testing.T) {
-				want, ok := c.want(t, op)
-				if !ok {
-					t.Fatal("no oracle output")
-				}
+			for _, f := range interpolations {
+				t.Run(c.name+"/"+op+"/"+f.name, func(t *testing.T) {
+					want, ok := c.want(t, op+f.suffix)
+					if !ok {
+						t.Fatal("no oracle output")
+					}
+					for _, flip := range []bool{false, true} {
+						got, err := c.in.ResizedCrop(oracleBox(c.in.Width, c.in.Height), size[0], size[1], f.interp, flip)
+						if err != nil {
+							t.Fatal(err)
+						}
+						w := want
+						if flip {
+							w = want.HFlip()
+						}
+						if d, n := maxLevelDiff(t, got, w); d != 0 {
+							t.Errorf("flip %v: max difference %d levels (%d values)", flip, d, n)
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+// resizedCropBoxes returns the crops TestResizedCropMatchesComposition
+// tries on a w x h image, with their output sizes: boxes of one column,
+// one row and one pixel, the whole image, boxes against each edge and
+// corner, sides equal to the output's (where PIL skips a pass), enlarged,
+// shrunk, and mixed; then n random boxes of random output sizes.
+func resizedCropBoxes(rng *rand.Rand, w, h, n int) []struct {
+	box        CropBox
+	outW, outH int
+} {
+	type tc = struct {
+		box        CropBox
+		outW, outH int
+	}
+	cs := []tc{
+		{CropBox{Top: 0, Left: 0, Height: h, Width: 1}, 7, 5},
+		{CropBox{Top: h / 3, Left: w - 1, Height: h - h/3, Width: 1}, 3, 11},
+		{CropBox{Top: 0, Left: w / 2, Height: 1, Width: w - w/2}, 9, 4},
+		{CropBox{Top: h - 1, Left: 0, Height: 1, Width: w}, 5, 1},
+		{CropBox{Top: h / 2, Left: w / 2, Height: 1, Width: 1}, 6, 3},
+		{CropBox{Top: 0, Left: 0, Height: 1, Width: 1}, 1, 1},
+		{CropBox{Top: 0, Left: 0, Height: h, Width: w}, 13, 9},
+		{CropBox{Top: 0, Left: 0, Height: h, Width: w}, w, h},
+		{CropBox{Top: 0, Left: 0, Height: h, Width: w}, 2*w + 1, h},
+		{CropBox{Top: 0, Left: 0, Height: h, Width: w}, w, h/2 + 1},
+		{CropBox{Top: 0, Left: 0, Height: h / 2, Width: w / 2}, 17, 19},
+		{CropBox{Top: 0, Left: w - w/2, Height: h / 2, Width: w / 2}, 17, 19},
+		{CropBox{Top: h - h/2, Left: 0, Height: h / 2, Width: w / 2}, 17, 19},
+		{CropBox{Top: h - h/2, Left: w - w/2, Height: h / 2, Width: w / 2}, 17, 19},
+		{CropBox{Top: 1, Left: 1, Height: h - 2, Width: w - 2}, w - 2, 23},
+		{CropBox{Top: 1, Left: 1, Height: h - 2, Width: w - 2}, 29, h - 2},
+		{CropBox{Top: h / 4, Left: w / 4, Height: 3, Width: 5}, 224, 224},
+		{CropBox{Top: h / 4, Left: w / 4, Height: max(h/2, 1), Width: 2}, 3, 2},
+	}
+	for range n {
+		bw, bh := 1+rng.IntN(w), 1+rng.IntN(h)
+		b := CropBox{Top: rng.IntN(h - bh + 1), Left: rng.IntN(w - bw + 1), Height: bh, Width: bw}
+		// Mostly small outputs, to keep the test quick; a fifth at the
+		// training size.
+		ow, oh := 1+rng.IntN(48), 1+rng.IntN(48)
+		if rng.IntN(5) == 0 {
+			ow, oh = 224, 224
+		}
+		cs = append(cs, tc{b, ow, oh})
+	}
+	return cs
+}
+
+// TestResizedCropMatchesComposition checks the one-pass ResizedCrop
+// against the crop, PIL's resize and the mirror composed
+// (resizedCropReference), byte for byte, on every test image and
+// scikit-learn's two photographs: the boxes of resizedCropBoxes and 20
+// random ones an image, both filters, flip on and off.
+func TestResizedCropMatchesComposition(t *testing.T) {
+	rng := rand.New(rand.NewPCG(12, 13))
+	compared := 0
+	for _, c := range augmentCases(t) {
+		for _, tc := range resizedCropBoxes(rng, c.in.Width, c.in.Height, 20) {
+			for _, f := range interpolations {
 				for _, flip := range []bool{false, true} {
-					got, err := c.in.ResizedCrop(oracleBox(c.in.Width, c.in.Height), size[0], size[1], flip)
+					want, err := resizedCropReference(c.in, tc.box, tc.outW, tc.outH, f.interp, flip)
 					if err != nil {
-						t.Fatal(err)
+						t.Fatalf("%s: reference of %+v: %v", c.name, tc.box, err)
 					}
-					w := want
-					if flip {
-						w = want.HFlip()
+					got, err := c.in.ResizedCrop(tc.box, tc.outW, tc.outH, f.interp, flip)
+					if err != nil {
+						t.Fatalf("%s %+v to %dx%d: %v", c.name, tc.box, tc.outW, tc.outH, err)
 					}
-					if d, n := maxLevelDiff(t, got, w); d != 0 {
-						t.Errorf("flip %v: max difference %d levels (%d values)", flip, d, n)
+					if d, n := maxLevelDiff(t, got, want); d != 0 {
+						t.Errorf("%s %+v to %dx%d, %s, flip %v: max difference %d levels (%d values)", c.name, tc.box, tc.outW, tc.outH, f.name, flip, d, n)
 					}
+					compared++
 				}
-			})
+			}
 		}
 	}
+	t.Logf("%d crops compared", compared)
 }
 
-// TestResizedCropAffine measures the fast path against torchvision's
-// resized_crop. Where the crop is enlarged (every box no larger than the
-// output) the fast path is held to 1 level, mean 0.15 (PIL rounds its
-// intermediate pass to 8 bits; measured on the test images: 1 level, mean
-// 0.147). Where it shrinks, the fast path does not antialias and PIL does:
-// the difference is only logged (measured over the test images and the two
-// 640x427 photos: up to 140 levels, means 6.8 to 12.1 for the three output
-// sizes). That is why ResizedCrop, the exact path, is the default.
-func TestResizedCropAffine(t *testing.T) {
-	for op, size := range resizedCrops {
-		up := stats{}
-		down := stats{}
-		for _, c := range augmentCases(t) {
-			want, ok := c.want(t, op)
-			if !ok {
-				t.Fatalf("%s: no oracle output for %s", c.name, op)
+// TestCropAffine checks the map ResizedCrop is built on: it sends the
+// output's corners to the box's (the left and right ones exchanged when
+// mirrored), and each output pixel's centre to the centre of the taps
+// ResizedCrop computes for it, the box's corner plus PIL's (k + 0.5) *
+// scale for the column k of the unmirrored output.
+func TestCropAffine(t *testing.T) {
+	for _, tc := range []struct {
+		box  CropBox
+		w, h int
+	}{
+		{CropBox{Top: 50, Left: 100, Height: 250, Width: 300}, 224, 224},
+		{CropBox{Top: 3, Left: 7, Height: 5, Width: 1}, 96, 96},
+		{CropBox{Top: 0, Left: 0, Height: 427, Width: 640}, 17, 640},
+	} {
+		for _, flip := range []bool{false, true} {
+			a := cropAffine(tc.box, tc.w, tc.h, flip)
+			at := func(x, y float64) mgl64.Vec2 { return a.Mul3x1(mgl64.Vec3{x, y, 1}).Vec2() }
+			left, right := float64(tc.box.Left), float64(tc.box.Left+tc.box.Width)
+			if flip {
+				left, right = right, left
 			}
-			box := oracleBox(c.in.Width, c.in.Height)
-			st := &down
-			if box.Width <= size[0] && box.Height <= size[1] {
-				st = &up
+			if p := at(0, 0); p != (mgl64.Vec2{left, float64(tc.box.Top)}) {
+				t.Errorf("%+v flip %v: (0, 0) -> %v", tc.box, flip, p)
 			}
-			for _, flip := range []bool{false, true} {
-				got, err := c.in.ResizedCropAffine(box, size[0], size[1], flip)
-				if err != nil {
-					t.Fatal(err)
-				}
-				w := want
+			if p := at(float64(tc.w), float64(tc.h)); !p.ApproxEqualThreshold(mgl64.Vec2{right, float64(tc.box.Top + tc.box.Height)}, 1e-9) {
+				t.Errorf("%+v flip %v: (%d, %d) -> %v", tc.box, flip, tc.w, tc.h, p)
+			}
+			sx, sy := a.At(0, 0), a.At(1, 1)
+			if math.Abs(sx) != float64(tc.box.Width)/float64(tc.w) || sy != float64(tc.box.Height)/float64(tc.h) || (sx < 0) != flip {
+				t.Errorf("%+v flip %v: scales %v, %v", tc.box, flip, sx, sy)
+			}
+			for x := range tc.w {
+				k := x
 				if flip {
-					w = want.HFlip()
+					k = tc.w - 1 - x
 				}
-				d, _ := maxLevelDiff(t, got, w)
-				st.worst = max(st.worst, d)
-				for i := range got.Pix {
-					st.sum += math.Abs(float64(got.Pix[i]) - float64(w.Pix[i]))
+				want := float64(tc.box.Left) + (float64(k)+0.5)*math.Abs(sx)
+				if got := at(float64(x)+0.5, 0.5)[0]; math.Abs(got-want) > 1e-9 {
+					t.Fatalf("%+v flip %v: column %d's centre %v, taps' %v", tc.box, flip, x, got, want)
 				}
-				st.count += len(got.Pix)
-			}
-		}
-		if down.count > 0 {
-			t.Logf("%s, shrinking (no antialiasing): max %d levels, mean %.3f", op, down.worst, down.mean())
-		}
-		if up.count > 0 {
-			t.Logf("%s, enlarging: max %d levels, mean %.3f", op, up.worst, up.mean())
-			if up.worst > 1 || up.mean() > 0.15 {
-				t.Errorf("%s, enlarging: max %d levels, mean %.3f; bounds 1, 0.15", op, up.worst, up.mean())
 			}
 		}
 	}
-	if _, err := (&RGBImage{Width: 4, Height: 4, Pix: make([]uint8, 48)}).ResizedCropAffine(CropBox{Top: 2, Left: 0, Height: 3, Width: 2}, 2, 2, false); err == nil {
-		t.Error("box outside the image: no error")
+}
+
+// TestResizedCropErrors checks that impossible crops are errors, not
+// panics.
+func TestResizedCropErrors(t *testing.T) {
+	m := newRGBImage(6, 4)
+	good := CropBox{Top: 1, Left: 2, Height: 3, Width: 4}
+	if _, err := m.ResizedCrop(good, 5, 5, Bicubic, true); err != nil {
+		t.Fatalf("a valid crop: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		m      *RGBImage
+		box    CropBox
+		w, h   int
+		interp Interpolation
+	}{
+		{"box right of the image", m, CropBox{Top: 0, Left: 3, Height: 2, Width: 4}, 5, 5, Bilinear},
+		{"box below the image", m, CropBox{Top: 2, Left: 0, Height: 3, Width: 2}, 5, 5, Bilinear},
+		{"negative left", m, CropBox{Top: 0, Left: -1, Height: 2, Width: 2}, 5, 5, Bilinear},
+		{"negative top", m, CropBox{Top: -1, Left: 0, Height: 2, Width: 2}, 5, 5, Bicubic},
+		{"empty box", m, CropBox{Top: 0, Left: 0, Height: 2, Width: 0}, 5, 5, Bilinear},
+		{"negative height", m, CropBox{Top: 3, Left: 0, Height: -2, Width: 2}, 5, 5, Bilinear},
+		{"overflowing box", m, CropBox{Top: 0, Left: math.MaxInt, Height: 2, Width: 2}, 5, 5, Bilinear},
+		{"zero width", m, good, 0, 5, Bilinear},
+		{"negative height", m, good, 5, -1, Bicubic},
+		{"too many pixels", m, good, 1 << 20, 1 << 20, Bilinear},
+		{"unknown filter", m, good, 5, 5, Interpolation(7)},
+		{"short pixel buffer", &RGBImage{Width: 6, Height: 4, Pix: make([]uint8, 71)}, good, 5, 5, Bilinear},
+		{"empty image", &RGBImage{}, CropBox{Height: 1, Width: 1}, 5, 5, Bilinear},
+	} {
+		if _, err := tc.m.ResizedCrop(tc.box, tc.w, tc.h, tc.interp, false); err == nil {
+			t.Errorf("%s: no error", tc.name)
+		}
 	}
 }
-
-// stats accumulates level differences.
-type stats struct {
-	worst int
-	sum   float64
-	count int
-}
-
-func (s stats) mean() float64 { return s.sum / float64(s.count) }
 
 // TestResizeBicubicMatchesTorchvision checks crop + ResizeBicubic against
 // torchvision's resized_crop with InterpolationMode.BICUBIC (PIL's
@@ -571,25 +707,35 @@ func benchImage() *RGBImage {
 	return m
 }
 
-// BenchmarkResizedCrop times the exact PIL path for a typical
-// RandomResizedCrop: a 300x250 box to 224x224.
+// BenchmarkResizedCrop times ResizedCrop against the composition it
+// replaces (crop, PIL's resize, mirror) for typical RandomResizedCrops of
+// a 500x375 image to 224x224, mirrored: a 300x250 box (shrunk) and a
+// 150x120 box (enlarged), with both filters.
 func BenchmarkResizedCrop(b *testing.B) {
 	m := benchImage()
-	box := CropBox{Top: 50, Left: 100, Height: 250, Width: 300}
-	for b.Loop() {
-		if _, err := m.ResizedCrop(box, 224, 224, true); err != nil {
-			b.Fatal(err)
-		}
+	boxes := []struct {
+		name string
+		box  CropBox
+	}{
+		{"300x250", CropBox{Top: 50, Left: 100, Height: 250, Width: 300}},
+		{"150x120", CropBox{Top: 200, Left: 300, Height: 120, Width: 150}},
 	}
-}
-
-// BenchmarkResizedCropAffine times the fast path on the same crop.
-func BenchmarkResizedCropAffine(b *testing.B) {
-	m := benchImage()
-	box := CropBox{Top: 50, Left: 100, Height: 250, Width: 300}
-	for b.Loop() {
-		if _, err := m.ResizedCropAffine(box, 224, 224, true); err != nil {
-			b.Fatal(err)
+	for _, f := range interpolations {
+		for _, bx := range boxes {
+			b.Run(f.name+"/"+bx.name+"/composition", func(b *testing.B) {
+				for b.Loop() {
+					if _, err := resizedCropReference(m, bx.box, 224, 224, f.interp, true); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run(f.name+"/"+bx.name+"/affine", func(b *testing.B) {
+				for b.Loop() {
+					if _, err := m.ResizedCrop(bx.box, 224, 224, f.interp, true); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
 		}
 	}
 }

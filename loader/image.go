@@ -562,13 +562,37 @@ type resampleCoeffs struct {
 
 // pilCoeffs computes PIL's bilinear resampling weights from inSize to
 // outSize over the whole input (Resample.c precompute_coeffs and
-// normalize_coeffs_8bpc, box (0, inSize)). The float operations follow
-// PIL's order; the explicit conversions keep Go from fusing a multiply and
-// an add, which C compiled for plain x86-64 does not do either.
+// normalize_coeffs_8bpc, box (0, inSize)).
 func pilCoeffs(inSize, outSize int) resampleCoeffs {
-	scale := float64(inSize) / float64(outSize)
+	return pilResampleCoeffs(inSize, outSize, float64(inSize)/float64(outSize), pilTriangle, 1)
+}
+
+// pilTriangle is PIL's bilinear_filter (Resample.c), support 1.
+func pilTriangle(x float64) float64 {
+	if x < 0 {
+		x = -x
+	}
+	if x < 1 {
+		return 1 - x
+	}
+	return 0
+}
+
+// pilResampleCoeffs is PIL's precompute_coeffs and normalize_coeffs_8bpc
+// for inSize input positions resampled to outSize with the given scale
+// (inSize/outSize, which the caller passes so that an affine map can supply
+// it) and filter of the given support: each output position's centre is
+// (xx + 0.5) * scale, the support is widened by the scale when shrinking,
+// the taps are clipped to [0, inSize) and their weights normalised, then
+// rounded to PIL's 22-bit fixed point (negative weights rounded away from
+// zero, as PIL does). The float operations follow PIL's order; the explicit
+// conversions keep Go from fusing a multiply and an add, which C compiled
+// for plain x86-64 does not do either. The bounds are relative to the
+// first input position: a caller resampling a box of a larger image adds
+// the box's offset, which gives PIL's result for the cropped image.
+func pilResampleCoeffs(inSize, outSize int, scale float64, filter func(float64) float64, support float64) resampleCoeffs {
 	filterscale := max(scale, 1.0)
-	support := 1.0 * filterscale // the triangle filter's support is 1
+	support *= filterscale
 	ksize := int(math.Ceil(support))*2 + 1
 	c := resampleCoeffs{bounds: make([]int, 2*outSize), k: make([]int32, outSize*ksize), ksize: ksize}
 	w := make([]float64, ksize)
@@ -579,14 +603,7 @@ func pilCoeffs(inSize, outSize int) resampleCoeffs {
 		xmax := min(int(center+support+0.5), inSize) - xmin
 		ww := 0.0
 		for x := 0; x < xmax; x++ {
-			t := (float64(x+xmin) - center + 0.5) * ss
-			if t < 0 {
-				t = -t
-			}
-			f := 0.0
-			if t < 1.0 {
-				f = 1.0 - t
-			}
+			f := filter(float64((float64(x+xmin) - center + 0.5) * ss))
 			w[x] = f
 			ww += f
 		}
@@ -594,8 +611,11 @@ func pilCoeffs(inSize, outSize int) resampleCoeffs {
 			if ww != 0.0 {
 				w[x] /= ww
 			}
-			// Bilinear weights are never negative: PIL's positive branch.
-			c.k[xx*ksize+x] = int32(0.5 + float64(w[x]*(1<<pilPrecision)))
+			if w[x] < 0 {
+				c.k[xx*ksize+x] = int32(-0.5 + float64(w[x]*(1<<pilPrecision)))
+			} else {
+				c.k[xx*ksize+x] = int32(0.5 + float64(w[x]*(1<<pilPrecision)))
+			}
 		}
 		c.bounds[2*xx], c.bounds[2*xx+1] = xmin, xmax
 	}

@@ -7,8 +7,9 @@ import (
 
 // View is one view's training transform of an SSL method: a ViewAugment,
 // with the horizontal flip moved to the end when FlipLast is set.
-// ViewAugment runs the flip right after the crop, as VICReg's and SwAV's
-// recipes do; SimSiam's (MoCo v2's) flips last, after the blur.
+// ViewAugment runs the flip right after the crop (folded into the crop's
+// resample, RGBImage.ResizedCrop), as VICReg's and SwAV's recipes do;
+// SimSiam's (MoCo v2's) flips last, after the blur.
 type View struct {
 	ViewAugment
 	// Plain replaces the augmentation by the evaluation transform at the
