@@ -15,12 +15,14 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -30,7 +32,11 @@ import (
 )
 
 // Features are the frozen-backbone features of a data set: N rows of D
-// values, one per image in data-set order, and the images' labels.
+// values, one per image that could be read, in data-set order, and the
+// images' labels. An image that could not be read has no row: Index maps
+// rows to data-set indices, and whatever selects rows by data-set index (a
+// labels subset, the targets of VOC07) goes through Index (Select,
+// Indices), never through the row number.
 type Features struct {
 	// X holds the N x D features, row-major.
 	X    []float32
@@ -38,25 +44,83 @@ type Features struct {
 	// Labels holds the class of each row, in [0, Classes).
 	Labels  []int
 	Classes int
+	// Index holds the data-set index of each row; nil means row i is
+	// image i (features built by hand, nothing skipped).
+	Index []int
+	// Skipped holds the images of the data set (or of a selection) that
+	// have no row because they could not be read, in data-set order.
+	Skipped []Skip
 }
 
 // Row returns the features of row i (a view into X).
 func (f *Features) Row(i int) []float32 { return f.X[i*f.D : (i+1)*f.D] }
 
-// Select returns the rows idx of f, in that order (a copy).
-func (f *Features) Select(idx []int) *Features {
-	out := &Features{N: len(idx), D: f.D, Classes: f.Classes, X: make([]float32, 0, len(idx)*f.D), Labels: make([]int, len(idx))}
-	for k, i := range idx {
-		out.X = append(out.X, f.Row(i)...)
-		out.Labels[k] = f.Labels[i]
+// Indices returns the data-set index of each row (a copy).
+func (f *Features) Indices() []int {
+	if f.Index != nil {
+		return slices.Clone(f.Index)
 	}
-	return out
+	idx := make([]int, f.N)
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
 }
 
-// check reports features whose sizes or labels do not agree.
+// Select returns the rows of the data-set images idx, in that order (a
+// copy): the way a labels subset drawn from the data set (such as
+// loader.BalancedSubset's) picks its rows. An image of idx that was skipped
+// as unreadable has no row and is dropped: the result lists it in its
+// Skipped (see Skips.Dropped). An index that is neither a row nor a
+// skipped image is an error, and so is a selection left empty.
+func (f *Features) Select(idx []int) (*Features, error) {
+	size := f.N
+	for _, i := range f.Index {
+		size = max(size, i+1)
+	}
+	row := make([]int32, size) // row+1 of each data-set index, 0 for none
+	for r := range f.N {
+		i := r
+		if f.Index != nil {
+			i = f.Index[r]
+		}
+		if i >= 0 && row[i] == 0 {
+			row[i] = int32(r + 1)
+		}
+	}
+	skipped := make(map[int]Skip, len(f.Skipped))
+	for _, s := range f.Skipped {
+		skipped[s.Index] = s
+	}
+	out := &Features{D: f.D, Classes: f.Classes, X: make([]float32, 0, len(idx)*f.D), Labels: make([]int, 0, len(idx)), Index: make([]int, 0, len(idx))}
+	for _, i := range idx {
+		if i >= 0 && i < size && row[i] > 0 {
+			r := int(row[i]) - 1
+			out.X = append(out.X, f.Row(r)...)
+			out.Labels = append(out.Labels, f.Labels[r])
+			out.Index = append(out.Index, i)
+			continue
+		}
+		s, ok := skipped[i]
+		if !ok {
+			return nil, fmt.Errorf("select image %d: not among the %d rows and %d skipped images of the features", i, f.N, len(f.Skipped))
+		}
+		out.Skipped = append(out.Skipped, s)
+	}
+	out.N = len(out.Labels)
+	if out.N == 0 {
+		return nil, fmt.Errorf("select: all %d selected images were skipped as unreadable: nothing left to evaluate", len(idx))
+	}
+	return out, nil
+}
+
+// check reports features whose sizes, labels or index do not agree.
 func (f *Features) check(what string) error {
 	if f.N < 1 || f.D < 1 || len(f.X) != f.N*f.D || len(f.Labels) != f.N {
 		return fmt.Errorf("%s features: %d values and %d labels for %d x %d", what, len(f.X), len(f.Labels), f.N, f.D)
+	}
+	if f.Index != nil && len(f.Index) != f.N {
+		return fmt.Errorf("%s features: %d indices for %d rows", what, len(f.Index), f.N)
 	}
 	for i, l := range f.Labels {
 		if l < 0 || l >= f.Classes {
@@ -158,10 +222,13 @@ func (e *Extractor) Batch(ctx context.Context, data []float32, n, h, w int) (row
 	return rows, len(rows) / n, nil
 }
 
-// Dataset computes the features of every image of ds, preprocessed by pre,
-// batch images a forward pass; progress, when not nil, is told the images
-// done after each batch.
-func (e *Extractor) Dataset(ctx context.Context, ds loader.Dataset, pre loader.Preprocess, batch int, progress func(done int)) (*Features, error) {
+// Dataset computes the features of every readable image of ds,
+// preprocessed by pre, batch images a forward pass; progress, when not nil,
+// is told the images done after each batch. An image that cannot be read is
+// accounted for by skips (logged and passed over, or with Strict an error)
+// and listed in the result's Skipped; the rows' Index says which images
+// they hold. All images unreadable is an error.
+func (e *Extractor) Dataset(ctx context.Context, ds loader.Dataset, pre loader.Preprocess, batch int, skips *Skips, progress func(done int)) (*Features, error) {
 	if batch < 1 {
 		return nil, fmt.Errorf("batch size %d: want at least 1", batch)
 	}
@@ -169,31 +236,42 @@ func (e *Extractor) Dataset(ctx context.Context, ds loader.Dataset, pre loader.P
 	if n == 0 {
 		return nil, fmt.Errorf("no images")
 	}
-	f := &Features{N: n, Classes: len(ds.Classes()), Labels: make([]int, n)}
+	f := &Features{Classes: len(ds.Classes()), Labels: make([]int, 0, n), Index: make([]int, 0, n)}
 	for lo := 0; lo < n; lo += batch {
 		idx := make([]int, 0, batch)
 		for i := lo; i < min(n, lo+batch); i++ {
 			idx = append(idx, i)
 		}
-		data, h, w, err := loader.LoadBatch(ctx, ds, idx, pre, 0)
+		data, kept, h, w, skipped, err := loadBatch(ctx, ds, idx, pre)
 		if err != nil {
 			return nil, err
 		}
-		rows, dim, err := e.Batch(ctx, data, len(idx), h, w)
-		if err != nil {
+		if err := skips.add(skipped...); err != nil {
 			return nil, err
 		}
-		if f.X == nil {
-			f.D = dim
-			f.X = make([]float32, 0, n*dim)
+		f.Skipped = append(f.Skipped, skipped...)
+		if len(kept) > 0 {
+			rows, dim, err := e.Batch(ctx, data, len(kept), h, w)
+			if err != nil {
+				return nil, err
+			}
+			if f.X == nil {
+				f.D = dim
+				f.X = make([]float32, 0, n*dim)
+			}
+			f.X = append(f.X, rows...)
+			for _, i := range kept {
+				f.Index = append(f.Index, i)
+				f.Labels = append(f.Labels, ds.Label(i))
+			}
+			f.N += len(kept)
 		}
-		f.X = append(f.X, rows...)
 		if progress != nil {
 			progress(min(n, lo+batch))
 		}
 	}
-	for i := range f.Labels {
-		f.Labels[i] = ds.Label(i)
+	if f.N == 0 {
+		return nil, fmt.Errorf("all %d images are unreadable: nothing left to evaluate", n)
 	}
 	return f, f.check("computed")
 }
@@ -220,7 +298,8 @@ func FileHash(path string) (string, error) {
 // place under the same names needs a fresh cache.
 func FeatureKey(checkpointHash, model, spec string, ds loader.Dataset, pre loader.Preprocess, pool int) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "e2mcvk features v1\x00%s\x00%s\x00%s\x00%d\x00%d %d\x00pool %d\x00", checkpointHash, model, spec, ds.Len(), pre.Resize, pre.Crop, pool)
+	// v2: entries hold the rows' data-set indices and the skipped images.
+	fmt.Fprintf(h, "e2mcvk features v2\x00%s\x00%s\x00%s\x00%d\x00%d %d\x00pool %d\x00", checkpointHash, model, spec, ds.Len(), pre.Resize, pre.Crop, pool)
 	for i := range ds.Len() {
 		io.WriteString(h, ds.Name(i))
 		h.Write([]byte{0})
@@ -233,10 +312,16 @@ func FeatureKey(checkpointHash, model, spec string, ds loader.Dataset, pre loade
 // Cached returns the features stored under key in dir, or computes them
 // with compute and stores them there (dir "" turns the cache off). It
 // reports whether they came from the cache. An entry that does not read
-// back is computed afresh.
-func Cached(dir, key string, classes int, compute func() (*Features, error)) (*Features, bool, error) {
+// back is computed afresh. An entry's skipped images go through skips as
+// computing them did, so that a cached run logs, counts and refuses as an
+// uncached one: with Strict (or skips nil) an entry that skipped images is
+// computed afresh, which fails at the first one still unreadable.
+func Cached(dir, key string, classes int, skips *Skips, compute func() (*Features, error)) (*Features, bool, error) {
 	if dir != "" {
-		if f, err := readFeatures(dir, key, classes); err == nil {
+		if f, err := readFeatures(dir, key, classes); err == nil && (len(f.Skipped) == 0 || (skips != nil && !skips.Strict)) {
+			if err := skips.add(f.Skipped...); err != nil {
+				return nil, false, err
+			}
 			return f, true, nil
 		}
 	}
@@ -252,8 +337,19 @@ func Cached(dir, key string, classes int, compute func() (*Features, error)) (*F
 	return f, false, nil
 }
 
+// A cache entry is four files: key.npy (the N x D features, float32),
+// key-labels.npy and key-index.npy (N labels and data-set indices, int64)
+// and key-skipped.json (the skipped images).
 func readFeatures(dir, key string, classes int) (*Features, error) {
 	l, err := loader.ReadNpy(filepath.Join(dir, key+"-labels.npy"))
+	if err != nil {
+		return nil, err
+	}
+	ix, err := loader.ReadNpy(filepath.Join(dir, key+"-index.npy"))
+	if err != nil {
+		return nil, err
+	}
+	sj, err := os.ReadFile(filepath.Join(dir, key+"-skipped.json"))
 	if err != nil {
 		return nil, err
 	}
@@ -261,12 +357,31 @@ func readFeatures(dir, key string, classes int) (*Features, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(l.Shape) != 1 || l.Shape[0] != n {
-		return nil, fmt.Errorf("cache entry %s: %d rows and labels of shape %v", key, n, l.Shape)
+	if len(l.Shape) != 1 || l.Shape[0] != n || len(ix.Shape) != 1 || ix.Shape[0] != n {
+		return nil, fmt.Errorf("cache entry %s: %d rows, labels of shape %v and indices of shape %v", key, n, l.Shape, ix.Shape)
 	}
-	f := &Features{X: x, N: n, D: d, Classes: classes, Labels: make([]int, len(l.Data))}
+	f := &Features{X: x, N: n, D: d, Classes: classes, Labels: make([]int, n), Index: make([]int, n)}
+	if err := json.Unmarshal(sj, &f.Skipped); err != nil {
+		return nil, fmt.Errorf("cache entry %s: skipped images: %w", key, err)
+	}
 	for i, v := range l.Data {
 		f.Labels[i] = int(v)
+	}
+	for i, v := range ix.Data {
+		f.Index[i] = int(v)
+	}
+	// The rows and the skipped images together are the data set's images
+	// 0, 1, ..., each once, in order: anything else would misplace rows.
+	r, s := 0, 0
+	for want := range n + len(f.Skipped) {
+		switch {
+		case r < n && f.Index[r] == want:
+			r++
+		case s < len(f.Skipped) && f.Skipped[s].Index == want:
+			s++
+		default:
+			return nil, fmt.Errorf("cache entry %s: image %d is neither a row nor a skipped image", key, want)
+		}
 	}
 	return f, f.check("cached")
 }
@@ -337,26 +452,42 @@ func readNpyMatrix32(path string) (x []float32, n, d int, err error) {
 	return x, n, d, nil
 }
 
-// writeFeatures writes the two .npy files of an entry, each through a
-// temporary file renamed into place, so that a reader never sees half an
-// entry's file.
+// writeFeatures writes the four files of an entry, each atomically
+// (loader's .npy writers go through a temporary file renamed into place),
+// the features last and after removing any old ones, so that a reader never
+// sees half a file, nor a complete entry before all are written.
 func writeFeatures(dir, key string, f *Features) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, key)
+	if err := os.Remove(path + ".npy"); err != nil && !os.IsNotExist(err) {
 		return err
 	}
 	labels := make([]int64, f.N)
 	for i, l := range f.Labels {
 		labels[i] = int64(l)
 	}
-	tmp := filepath.Join(dir, fmt.Sprintf(".%s-%d.tmp.npy", key, os.Getpid()))
-	if err := loader.WriteNpyInt64(tmp, []int{f.N}, labels); err != nil {
+	index := make([]int64, f.N)
+	for i, v := range f.Indices() {
+		index[i] = int64(v)
+	}
+	if err := loader.WriteNpyInt64(path+"-labels.npy", []int{f.N}, labels); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, key+"-labels.npy")); err != nil {
+	if err := loader.WriteNpyInt64(path+"-index.npy", []int{f.N}, index); err != nil {
 		return err
 	}
-	if err := loader.WriteNpy(tmp, []int{f.N, f.D}, f.X); err != nil {
+	skipped, err := json.Marshal(append([]Skip{}, f.Skipped...)) // [] rather than null
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(dir, key+".npy"))
+	tmp := filepath.Join(dir, fmt.Sprintf(".%s-%d.tmp.json", key, os.Getpid()))
+	if err := os.WriteFile(tmp, skipped, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path+"-skipped.json"); err != nil {
+		return err
+	}
+	return loader.WriteNpy(path+".npy", []int{f.N, f.D}, f.X)
 }

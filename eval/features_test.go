@@ -28,7 +28,7 @@ func TestExtractorPooling(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f, err := ex.Dataset(ctx, ds, pre, 2, nil)
+		f, err := ex.Dataset(ctx, ds, pre, 2, nil, nil)
 		ex.Release()
 		if err != nil {
 			t.Fatal(err)
@@ -99,7 +99,7 @@ func TestFeatureCache(t *testing.T) {
 	calls := 0
 	compute := func() (*Features, error) { calls++; return f, nil }
 	for round := range 2 {
-		got, hit, err := Cached(dir, key, 3, compute)
+		got, hit, err := Cached(dir, key, 3, nil, compute)
 		if err != nil {
 			t.Fatal(err)
 		}

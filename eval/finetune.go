@@ -54,9 +54,11 @@ type FinetuneProgress func(epoch, done int, loss float64, epochEnd bool)
 
 // Finetune fine-tunes the backbone of parts with a new linear head on train
 // (in training mode: batch statistics) and returns the top-1 and top-5
-// accuracy in percent of the result on val (evaluation mode). A last batch
-// of one image is skipped: batch norm needs two.
-func Finetune(ctx context.Context, dev *vk.Device, parts *loader.Parts, train, val loader.Dataset, cfg FinetuneConfig, progress FinetuneProgress) (top1, top5 float64, err error) {
+// accuracy in percent of the result on val (evaluation mode). A batch left
+// with one image is skipped: batch norm needs two. Unreadable images of
+// either set go to skips (passed over, or with Strict an error); all the
+// images of a set unreadable is an error.
+func Finetune(ctx context.Context, dev *vk.Device, parts *loader.Parts, train, val loader.Dataset, cfg FinetuneConfig, skips *Skips, progress FinetuneProgress) (top1, top5 float64, err error) {
 	if err := cfg.check(); err != nil {
 		return 0, 0, err
 	}
@@ -78,37 +80,42 @@ func Finetune(ctx context.Context, dev *vk.Device, parts *loader.Parts, train, v
 		ft.net.Training = true
 		perm := order.Perm(n)
 		var total float64
-		seen := 0
+		seen, read := 0, 0
 		for lo := 0; lo < n; lo += cfg.BatchSize {
-			idx := perm[lo:min(n, lo+cfg.BatchSize)]
-			if len(idx) < 2 {
-				continue
-			}
-			data, err := LoadAugmented(ctx, train, idx, cfg.Augment, cfg.Seed, epoch)
+			data, idx, skipped, err := LoadAugmented(ctx, train, perm[lo:min(n, lo+cfg.BatchSize)], cfg.Augment, cfg.Seed, epoch)
 			if err != nil {
 				return 0, 0, err
 			}
-			labels := make([]int, len(idx))
-			for k, i := range idx {
-				labels[k] = train.Label(i)
-			}
-			loss, err := ft.step(ctx, data, labels, cfg.Augment.Size, epoch)
-			ft.zeroGrad()
-			if err != nil {
+			if err := skips.add(skipped...); err != nil {
 				return 0, 0, err
 			}
-			total += loss * float64(len(idx))
-			seen += len(idx)
+			read += len(idx)
+			if len(idx) >= 2 {
+				labels := make([]int, len(idx))
+				for k, i := range idx {
+					labels[k] = train.Label(i)
+				}
+				loss, err := ft.step(ctx, data, labels, cfg.Augment.Size, epoch)
+				ft.zeroGrad()
+				if err != nil {
+					return 0, 0, err
+				}
+				total += loss * float64(len(idx))
+				seen += len(idx)
+			}
 			if progress != nil {
 				progress(epoch+1, min(n, lo+cfg.BatchSize), 0, false)
 			}
+		}
+		if read == 0 {
+			return 0, 0, fmt.Errorf("fine-tuning: all %d training images are unreadable: nothing left to train on", n)
 		}
 		if progress != nil {
 			progress(epoch+1, n, total/float64(max(1, seen)), true)
 		}
 	}
 	ft.net.Training = false
-	return classify(ctx, dev, val, cfg.Preprocess, cfg.BatchSize, func(tp *layers.Tape, x *layers.Var) *layers.Var {
+	return classify(ctx, dev, val, cfg.Preprocess, cfg.BatchSize, skips, func(tp *layers.Tape, x *layers.Var) *layers.Var {
 		return ft.head.Forward(tp, ft.net.Forward(tp, x))
 	}, classes)
 }
@@ -253,27 +260,39 @@ func finetuneStep(ctx context.Context, dev *vk.Device, net *layers.ResNet, head 
 	return float64(v[0]), nil
 }
 
-// classify runs forward on every image of ds (preprocessed by pre) and
-// returns the top-1 and top-5 accuracy in percent of its classes scores.
-func classify(ctx context.Context, dev *vk.Device, ds loader.Dataset, pre loader.Preprocess, batch int, forward func(*layers.Tape, *layers.Var) *layers.Var, classes int) (top1, top5 float64, err error) {
+// classify runs forward on every readable image of ds (preprocessed by
+// pre; unreadable ones go to skips) and returns the top-1 and top-5
+// accuracy in percent of its classes scores.
+func classify(ctx context.Context, dev *vk.Device, ds loader.Dataset, pre loader.Preprocess, batch int, skips *Skips, forward func(*layers.Tape, *layers.Var) *layers.Var, classes int) (top1, top5 float64, err error) {
 	n := ds.Len()
 	scores := make([]float32, 0, n*classes)
-	labels := make([]int, n)
+	labels := make([]int, 0, n)
 	for lo := 0; lo < n; lo += batch {
 		idx := make([]int, 0, batch)
 		for i := lo; i < min(n, lo+batch); i++ {
 			idx = append(idx, i)
-			labels[i] = ds.Label(i)
 		}
-		data, h, w, err := loader.LoadBatch(ctx, ds, idx, pre, 0)
+		data, kept, h, w, skipped, err := loadBatch(ctx, ds, idx, pre)
 		if err != nil {
 			return 0, 0, err
 		}
-		rows, err := forwardBatch(ctx, dev, data, len(idx), h, w, forward)
+		if err := skips.add(skipped...); err != nil {
+			return 0, 0, err
+		}
+		if len(kept) == 0 {
+			continue
+		}
+		rows, err := forwardBatch(ctx, dev, data, len(kept), h, w, forward)
 		if err != nil {
 			return 0, 0, err
 		}
 		scores = append(scores, rows...)
+		for _, i := range kept {
+			labels = append(labels, ds.Label(i))
+		}
+	}
+	if len(labels) == 0 {
+		return 0, 0, fmt.Errorf("all %d evaluation images are unreadable: nothing left to evaluate", n)
 	}
 	top1, top5 = TopK(scores, classes, labels)
 	return top1, top5, nil

@@ -31,7 +31,7 @@ func TestFinetuneLearns(t *testing.T) {
 	cfg.Augment = loader.ViewAugment{Size: 12, Scale: [2]float64{0.5, 1}, FlipP: 0.5}
 	cfg.Preprocess = loader.Preprocess{Crop: 12}
 	var losses []float64
-	top1, top5, err := Finetune(ctx, dev, parts, train, val, cfg, func(epoch, done int, loss float64, end bool) {
+	top1, top5, err := Finetune(ctx, dev, parts, train, val, cfg, nil, func(epoch, done int, loss float64, end bool) {
 		if end {
 			losses = append(losses, loss)
 		}

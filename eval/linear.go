@@ -345,11 +345,15 @@ func LinearAugment(size int) loader.ViewAugment {
 
 // LoadAugmented decodes the images idx of ds and transforms each by aug with
 // the generator loader.ViewRNG(seed, epoch, image, 0), on one goroutine a
-// CPU, and returns them as one [len(idx), 3, aug.Size, aug.Size] tensor.
-func LoadAugmented(ctx context.Context, ds loader.Dataset, idx []int, aug loader.ViewAugment, seed uint64, epoch int) ([]float32, error) {
+// CPU, and returns the readable ones as one [len(kept), 3, aug.Size,
+// aug.Size] tensor with their data-set indices kept (in idx order), and
+// the images that could not be read (not an error: the caller's Skips
+// decides).
+func LoadAugmented(ctx context.Context, ds loader.Dataset, idx []int, aug loader.ViewAugment, seed uint64, epoch int) (data []float32, kept []int, skipped []Skip, err error) {
 	plane := 3 * aug.Size * aug.Size
 	out := make([]float32, len(idx)*plane)
 	errs := make([]error, len(idx))
+	bad := make([]*Skip, len(idx))
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range max(1, min(runtime.GOMAXPROCS(0), len(idx))) {
@@ -358,9 +362,9 @@ func LoadAugmented(ctx context.Context, ds loader.Dataset, idx []int, aug loader
 			defer wg.Done()
 			for k := range next {
 				i := idx[k]
-				img, err := ds.Image(i)
-				if err != nil {
-					errs[k] = fmt.Errorf("%s: %w", ds.Name(i), err)
+				img, skip := readImage(ds, i)
+				if skip != nil {
+					bad[k] = skip
 					continue
 				}
 				m, err := aug.Apply(loader.ToRGB(img), loader.ViewRNG(seed, epoch, i, 0))
@@ -382,22 +386,35 @@ func LoadAugmented(ctx context.Context, ds loader.Dataset, idx []int, aug loader
 	close(next)
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	for _, err := range errs {
 		if err != nil {
-			return nil, err
+			return nil, nil, nil, err
 		}
 	}
-	return out, nil
+	// Pack the readable images to the front, in idx order.
+	kept = make([]int, 0, len(idx))
+	for k, i := range idx {
+		if bad[k] != nil {
+			skipped = append(skipped, *bad[k])
+			continue
+		}
+		if to := len(kept); to != k {
+			copy(out[to*plane:(to+1)*plane], out[k*plane:(k+1)*plane])
+		}
+		kept = append(kept, i)
+	}
+	return out[:len(kept)*plane], kept, skipped, nil
 }
 
 // TrainLinearAugmented trains a probe through the frozen backbone with
 // fresh augmentations every epoch (the paper's protocol): each batch of ds
 // is augmented by aug, goes through ex, and its features train the probe.
-// batchDone, when not nil, is told the images done in the epoch after each
-// batch.
-func TrainLinearAugmented(ctx context.Context, ex *Extractor, ds loader.Dataset, aug loader.ViewAugment, cfg LinearConfig, epochDone EpochFunc, batchDone func(done int)) (*LinearProbe, error) {
+// Unreadable images go to skips (passed over, or with Strict an error);
+// all of them unreadable is an error. batchDone, when not nil, is told the
+// images done in the epoch after each batch.
+func TrainLinearAugmented(ctx context.Context, ex *Extractor, ds loader.Dataset, aug loader.ViewAugment, cfg LinearConfig, skips *Skips, epochDone EpochFunc, batchDone func(done int)) (*LinearProbe, error) {
 	n := ds.Len()
 	if n == 0 {
 		return nil, fmt.Errorf("no training images")
@@ -412,36 +429,45 @@ func TrainLinearAugmented(ctx context.Context, ex *Extractor, ds loader.Dataset,
 		lr := cfg.EpochLR(epoch)
 		perm := rng.Perm(n)
 		var total float64
+		seen := 0
 		for lo := 0; lo < n; lo += cfg.BatchSize {
-			idx := perm[lo:min(n, lo+cfg.BatchSize)]
-			data, err := LoadAugmented(ctx, ds, idx, aug, cfg.Seed, epoch)
+			data, idx, skipped, err := LoadAugmented(ctx, ds, perm[lo:min(n, lo+cfg.BatchSize)], aug, cfg.Seed, epoch)
 			if err != nil {
 				return nil, err
 			}
-			rows, dim, err := ex.Batch(ctx, data, len(idx), aug.Size, aug.Size)
-			if err != nil {
+			if err := skips.add(skipped...); err != nil {
 				return nil, err
 			}
-			if p == nil {
-				if p, err = NewLinearProbe(dim, classes, cfg); err != nil {
+			if len(idx) > 0 {
+				rows, dim, err := ex.Batch(ctx, data, len(idx), aug.Size, aug.Size)
+				if err != nil {
 					return nil, err
 				}
+				if p == nil {
+					if p, err = NewLinearProbe(dim, classes, cfg); err != nil {
+						return nil, err
+					}
+				}
+				labels := make([]int, len(idx))
+				for k, i := range idx {
+					labels[k] = ds.Label(i)
+				}
+				loss, err := p.Step(rows, labels, lr)
+				if err != nil {
+					return nil, err
+				}
+				total += loss * float64(len(idx))
+				seen += len(idx)
 			}
-			labels := make([]int, len(idx))
-			for k, i := range idx {
-				labels[k] = ds.Label(i)
-			}
-			loss, err := p.Step(rows, labels, lr)
-			if err != nil {
-				return nil, err
-			}
-			total += loss * float64(len(idx))
 			if batchDone != nil {
 				batchDone(min(n, lo+cfg.BatchSize))
 			}
 		}
+		if p == nil {
+			return nil, fmt.Errorf("all %d training images are unreadable: nothing left to train on", n)
+		}
 		if epochDone != nil {
-			epochDone(epoch+1, total/float64(n))
+			epochDone(epoch+1, total/float64(max(1, seen)))
 		}
 	}
 	return p, nil

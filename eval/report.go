@@ -56,6 +56,9 @@ type Report struct {
 	Metrics  map[string]Summary
 	Order    []string
 	Settings map[string]any
+	// Skipped names the images the run passed over as unreadable, each
+	// once (Skips.List).
+	Skipped []string
 }
 
 // NewReport returns an empty report of a protocol with its settings.
@@ -71,8 +74,17 @@ func (r *Report) Add(name string, runs []float64) {
 	r.Metrics[name] = Summarize(runs)
 }
 
+// SetSkipped records the images skips passed over.
+func (r *Report) SetSkipped(skips *Skips) {
+	r.Skipped = nil
+	for _, s := range skips.List() {
+		r.Skipped = append(r.Skipped, s.Name)
+	}
+}
+
 // Text is the report as one line a person reads: "linear: top1 71.20 ±
-// 0.12, top5 90.03 ± 0.05 (3 seeds)".
+// 0.12, top5 90.03 ± 0.05 (3 seeds)", with ", 2 unreadable images
+// skipped" inside the brackets when there were any.
 func (r *Report) Text() string {
 	parts := make([]string, 0, len(r.Order))
 	runs := 0
@@ -85,14 +97,23 @@ func (r *Report) Text() string {
 	if runs != 1 {
 		seeds = fmt.Sprintf("%d seeds", runs)
 	}
+	switch len(r.Skipped) {
+	case 0:
+	case 1:
+		seeds += ", 1 unreadable image skipped"
+	default:
+		seeds += fmt.Sprintf(", %d unreadable images skipped", len(r.Skipped))
+	}
 	return fmt.Sprintf("%s: %s (%s)", r.Protocol, strings.Join(parts, ", "), seeds)
 }
 
 // MarshalJSON writes the report as one object: "protocol", each metric's
 // mean under its name ("top1": 71.2), its standard deviation under
-// name+"_std" and its per-seed values under name+"_runs", and "settings".
+// name+"_std" and its per-seed values under name+"_runs", "settings", the
+// number of images skipped as unreadable under "skipped" and their names
+// under "skipped_files".
 func (r *Report) MarshalJSON() ([]byte, error) {
-	m := map[string]any{"protocol": r.Protocol, "settings": r.Settings}
+	m := map[string]any{"protocol": r.Protocol, "settings": r.Settings, "skipped": len(r.Skipped), "skipped_files": append([]string{}, r.Skipped...)}
 	for name, s := range r.Metrics {
 		m[name] = s.Mean
 		m[name+"_std"] = s.Std

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"sort"
 	"sync"
+
+	"github.com/e2mcvk/e2mcvk/loader"
 )
 
 // VOC07Costs returns VISSL's grid of SVM costs (a fresh slice).
@@ -317,6 +319,20 @@ type MultiLabel struct {
 	N, D    int
 	Targets [][]int8 // N rows of len(Classes)
 	Classes []string
+}
+
+// NewMultiLabel pairs the features of VOC07 images with their targets:
+// each row gets the targets of the image its Index names, so that images
+// skipped as unreadable (no row) leave no row misaligned.
+func NewMultiLabel(f *Features, voc *loader.VOC07) (*MultiLabel, error) {
+	m := &MultiLabel{X: f.X, N: f.N, D: f.D, Classes: voc.Classes(), Targets: make([][]int8, f.N)}
+	for r, i := range f.Indices() {
+		if i < 0 || i >= voc.Len() {
+			return nil, fmt.Errorf("voc07: feature row %d is image %d of a split of %d", r, i, voc.Len())
+		}
+		m.Targets[r] = voc.Targets(i)
+	}
+	return m, nil
 }
 
 // VOC07Result is the outcome of the VOC07 SVM protocol.

@@ -39,6 +39,7 @@ type evalCommon struct {
 	JSON       bool   `name:"json" help:"Print one JSON object (the metrics, their std and per-seed values, and the settings) instead of a line of text."`
 	CacheDir   string `name:"cache-dir" default:"" placeholder:"DIR" help:"Where frozen features are cached (default: the user cache directory's e2mcvk/features)."`
 	NoCache    bool   `name:"no-cache" help:"Compute the frozen features afresh and store nothing."`
+	Strict     bool   `name:"strict" help:"Stop at the first unreadable image, naming it, instead of skipping it (skipped images are logged, counted and reported; labels-subset samples of a skipped image are dropped)."`
 }
 
 // evalLabels are the flags of the protocols that train on a labels fraction.
@@ -101,24 +102,50 @@ func (c *evalCommon) cacheDir() string {
 	return filepath.Join(dir, "e2mcvk", "features")
 }
 
+// skips is the run's account of unreadable images: logged on stderr and
+// skipped, or with --strict an error.
+func (c *evalCommon) skips(e *env) *eval.Skips {
+	return &eval.Skips{Strict: c.Strict, Log: e.stderr}
+}
+
 // features returns the frozen features of ds (named spec) through ex, from
-// the cache when there.
-func (c *evalCommon) features(e *env, ex *eval.Extractor, ckptHash, spec string, ds loader.Dataset, pool int) (*eval.Features, error) {
+// the cache when there; unreadable images go to skips.
+func (c *evalCommon) features(e *env, ex *eval.Extractor, ckptHash, spec string, ds loader.Dataset, pool int, skips *eval.Skips) (*eval.Features, error) {
 	pre := c.preprocess()
 	key := eval.FeatureKey(ckptHash, c.Layout+"/"+c.Arch, spec, ds, pre, pool)
-	f, hit, err := eval.Cached(c.cacheDir(), key, len(ds.Classes()), func() (*eval.Features, error) {
+	f, hit, err := eval.Cached(c.cacheDir(), key, len(ds.Classes()), skips, func() (*eval.Features, error) {
 		p := newProgress(e.stderr, "features of "+spec, ds.Len())
-		f, err := ex.Dataset(e.ctx, ds, pre, c.BatchSize, func(done int) { p.add(done - p.done) })
+		f, err := ex.Dataset(e.ctx, ds, pre, c.BatchSize, skips, func(done int) { p.add(done - p.done) })
 		p.finish()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", spec, err)
-		}
-		return f, nil
+		return f, err
 	})
-	if err == nil && hit {
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", spec, err)
+	}
+	if hit {
 		fmt.Fprintf(e.stderr, "features of %s: %d x %d from the cache\n", spec, f.N, f.D)
 	}
-	return f, err
+	if len(f.Skipped) > 0 {
+		fmt.Fprintf(e.stderr, "features of %s: %d of %d images skipped as unreadable\n", spec, len(f.Skipped), ds.Len())
+	}
+	return f, nil
+}
+
+// selectRows returns the rows of f of the data-set images rows (a labels
+// subset; nil: all of f), logging the samples dropped because their images
+// were skipped.
+func selectRows(f *eval.Features, rows []int, skips *eval.Skips, what string) (*eval.Features, error) {
+	if rows == nil {
+		return f, nil
+	}
+	sel, err := f.Select(rows)
+	if err != nil {
+		return nil, fmt.Errorf("%s: labels subset: %w", what, err)
+	}
+	if err := skips.Dropped(what+": labels subset", sel.Skipped); err != nil {
+		return nil, err
+	}
+	return sel, nil
 }
 
 // withDevice opens the device and runs fn on it.
@@ -301,19 +328,20 @@ func (c *evalLinearCmd) Run(e *env) error {
 		return err
 	}
 	var top1, top5 []float64
+	skips := c.skips(e)
 	err = c.withDevice(func(dev *vk.Device) error {
 		ex, err := eval.NewExtractor(e.ctx, dev, parts, c.Pool)
 		if err != nil {
 			return err
 		}
 		defer ex.Release()
-		vf, err := c.features(e, ex, hash, c.ValData, val, c.Pool)
+		vf, err := c.features(e, ex, hash, c.ValData, val, c.Pool, skips)
 		if err != nil {
 			return err
 		}
 		var tf *eval.Features
 		if !c.Augment {
-			if tf, err = c.features(e, ex, hash, train.spec, train.ds, c.Pool); err != nil {
+			if tf, err = c.features(e, ex, hash, train.spec, train.ds, c.Pool, skips); err != nil {
 				return err
 			}
 		}
@@ -332,11 +360,11 @@ func (c *evalLinearCmd) Run(e *env) error {
 				if rows != nil {
 					ds = loader.Select(ds, rows)
 				}
-				p, err = eval.TrainLinearAugmented(e.ctx, ex, ds, eval.LinearAugment(c.Crop), cfg, ep.epoch, nil)
+				p, err = eval.TrainLinearAugmented(e.ctx, ex, ds, eval.LinearAugment(c.Crop), cfg, skips, ep.epoch, nil)
 			} else {
-				f := tf
-				if rows != nil {
-					f = tf.Select(rows)
+				var f *eval.Features
+				if f, err = selectRows(tf, rows, skips, what); err != nil {
+					return err
 				}
 				p, err = eval.TrainLinear(e.ctx, f, cfg, ep.epoch)
 			}
@@ -359,6 +387,7 @@ func (c *evalLinearCmd) Run(e *env) error {
 	c.evalLabels.addSettings(set)
 	set["epochs"], set["lr"], set["wd"], set["pool"], set["augment"] = c.Epochs, c.LR, c.WD, c.Pool, c.Augment
 	r := eval.NewReport("linear", set)
+	r.SetSkipped(skips)
 	r.Add("top1", top1)
 	r.Add("top5", top5)
 	return c.print(e, r)
@@ -394,17 +423,18 @@ func (c *evalKNNCmd) Run(e *env) error {
 		return err
 	}
 	var top1, top5 []float64
+	skips := c.skips(e)
 	err = c.withDevice(func(dev *vk.Device) error {
 		ex, err := eval.NewExtractor(e.ctx, dev, parts, 0)
 		if err != nil {
 			return err
 		}
 		defer ex.Release()
-		vf, err := c.features(e, ex, hash, c.ValData, val, 0)
+		vf, err := c.features(e, ex, hash, c.ValData, val, 0, skips)
 		if err != nil {
 			return err
 		}
-		tf, err := c.features(e, ex, hash, train.spec, train.ds, 0)
+		tf, err := c.features(e, ex, hash, train.spec, train.ds, 0, skips)
 		if err != nil {
 			return err
 		}
@@ -421,9 +451,9 @@ func (c *evalKNNCmd) Run(e *env) error {
 			if err != nil {
 				return err
 			}
-			f := tf
-			if rows != nil {
-				f = tf.Select(rows)
+			f, err := selectRows(tf, rows, skips, fmt.Sprintf("knn (seed %d)", seed))
+			if err != nil {
+				return err
 			}
 			t1, t5, err := eval.KNN(e.ctx, simDev, f, vf, c.K, c.Temp)
 			if err != nil {
@@ -440,6 +470,7 @@ func (c *evalKNNCmd) Run(e *env) error {
 	c.evalLabels.addSettings(set)
 	set["k"], set["temperature"] = c.K, c.Temp
 	r := eval.NewReport("knn", set)
+	r.SetSkipped(skips)
 	r.Add("top1", top1)
 	r.Add("top5", top5)
 	return c.print(e, r)
@@ -483,6 +514,7 @@ func (c *evalFinetuneCmd) Run(e *env) error {
 		c.Epochs, c.TrunkLR, c.HeadLR, c.Milestones, c.Gamma, c.WD, c.BatchSize
 	cfg.Augment, cfg.Preprocess = eval.LinearAugment(c.Crop), c.preprocess()
 	var top1, top5 []float64
+	skips := c.skips(e)
 	err = c.withDevice(func(dev *vk.Device) error {
 		for s := range c.Seeds {
 			seed := c.Seed + uint64(s)
@@ -497,7 +529,7 @@ func (c *evalFinetuneCmd) Run(e *env) error {
 			}
 			what := fmt.Sprintf("finetune (seed %d)", seed)
 			ep := newEpochProgress(e, what, cfg.Epochs)
-			t1, t5, err := eval.Finetune(e.ctx, dev, parts, ds, val, cfg, func(epoch, done int, loss float64, end bool) {
+			t1, t5, err := eval.Finetune(e.ctx, dev, parts, ds, val, cfg, skips, func(epoch, done int, loss float64, end bool) {
 				if end {
 					ep.epoch(epoch, loss)
 				}
@@ -517,6 +549,7 @@ func (c *evalFinetuneCmd) Run(e *env) error {
 	c.evalLabels.addSettings(set)
 	set["epochs"], set["trunk_lr"], set["head_lr"], set["milestones"], set["gamma"], set["wd"] = c.Epochs, c.TrunkLR, c.HeadLR, c.Milestones, c.Gamma, c.WD
 	r := eval.NewReport("finetune", set)
+	r.SetSkipped(skips)
 	r.Add("top1", top1)
 	r.Add("top5", top5)
 	return c.print(e, r)
@@ -570,6 +603,7 @@ func (c *evalVOC07Cmd) Run(e *env) error {
 		return err
 	}
 	var train, val *eval.MultiLabel
+	skips := c.skips(e)
 	err = c.withDevice(func(dev *vk.Device) error {
 		ex, err := eval.NewExtractor(e.ctx, dev, parts, c.Pool)
 		if err != nil {
@@ -582,15 +616,13 @@ func (c *evalVOC07Cmd) Run(e *env) error {
 			split string
 			out   **eval.MultiLabel
 		}{{trainVOC, c.TrainData, c.TrainSplit, &train}, {valVOC, c.ValData, c.ValSplit, &val}} {
-			f, err := c.features(e, ex, hash, "voc07:"+s.spec+":"+s.split, unlabelled{s.v}, c.Pool)
+			f, err := c.features(e, ex, hash, "voc07:"+s.spec+":"+s.split, unlabelled{s.v}, c.Pool, skips)
 			if err != nil {
 				return err
 			}
-			m := &eval.MultiLabel{X: f.X, N: f.N, D: f.D, Classes: s.v.Classes(), Targets: make([][]int8, f.N)}
-			for i := range f.N {
-				m.Targets[i] = s.v.Targets(i)
+			if *s.out, err = eval.NewMultiLabel(f, s.v); err != nil {
+				return err
 			}
-			*s.out = m
 		}
 		return nil
 	})
@@ -618,6 +650,7 @@ func (c *evalVOC07Cmd) Run(e *env) error {
 	set := c.evalCommon.settings("voc07")
 	set["train_split"], set["val_split"], set["pool"], set["costs"] = c.TrainSplit, c.ValSplit, c.Pool, c.Costs
 	r := eval.NewReport("voc07", set)
+	r.SetSkipped(skips)
 	r.Add("map", maps)
 	return c.print(e, r)
 }
