@@ -237,12 +237,15 @@ func (m *RGBImage) ResizedCrop(box CropBox, w, h int, interp Interpolation, flip
 			k := cols.k[x*cols.ksize : x*cols.ksize+n]
 			p := in[3*lo : 3*(lo+n)]
 			s0, s1, s2 := int32(1<<(pilPrecision-1)), int32(1<<(pilPrecision-1)), int32(1<<(pilPrecision-1))
-			for i, ki := range k {
-				s0 += int32(p[3*i]) * ki
-				s1 += int32(p[3*i+1]) * ki
-				s2 += int32(p[3*i+2]) * ki
+			for _, ki := range k {
+				q := p[:3:3]
+				s0 += int32(q[0]) * ki
+				s1 += int32(q[1]) * ki
+				s2 += int32(q[2]) * ki
+				p = p[3:]
 			}
-			o[3*x], o[3*x+1], o[3*x+2] = pilClip8(s0), pilClip8(s1), pilClip8(s2)
+			q := o[3*x : 3*x+3 : 3*x+3]
+			q[0], q[1], q[2] = pilClip8(s0), pilClip8(s1), pilClip8(s2)
 		}
 	}
 	if rows.unit && !rows.mirror {
@@ -261,11 +264,13 @@ func (m *RGBImage) ResizedCrop(box CropBox, w, h int, interp Interpolation, flip
 		}
 		for i, ki := range rows.k[y*rows.ksize : y*rows.ksize+n] {
 			row := tmp.Pix[rw*(lo+i) : rw*(lo+i+1)]
+			a := acc[:len(row)]
 			for x, v := range row {
-				acc[x] += int32(v) * ki
+				a[x] += int32(v) * ki
 			}
 		}
 		o := out.Pix[rw*y : rw*(y+1)]
+		o = o[:len(acc)]
 		for x, s := range acc {
 			o[x] = pilClip8(s)
 		}
