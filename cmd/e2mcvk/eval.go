@@ -56,7 +56,10 @@ VOC07 linear SVMs. The backbone runs in evaluation mode (running batch-norm
 statistics) except in fine-tuning. Frozen features are computed once on the
 device and cached on disk, keyed by the checkpoint's hash, the data and the
 preprocessing. With --seeds N the protocol runs N times (seeds --seed, +1,
-...) and reports mean ± std (sample standard deviation).`
+...) and reports mean ± std (sample standard deviation). An image that cannot
+be read (missing, truncated, corrupt) is logged with its path and skipped,
+its labels-subset samples dropped, and the report gives the number skipped;
+--strict makes it an error instead.`
 }
 
 // setup reads the checkpoint and checks the shared flags.
@@ -84,7 +87,7 @@ func (c *evalCommon) preprocess() loader.Preprocess {
 
 func (c *evalCommon) settings(protocol string) map[string]any {
 	return map[string]any{"protocol": protocol, "checkpoint": c.Checkpoint, "arch": c.Arch, "train_data": c.TrainData,
-		"val_data": c.ValData, "resize": c.Resize, "crop": c.Crop, "batch_size": c.BatchSize, "seed": c.Seed, "seeds": c.Seeds}
+		"val_data": c.ValData, "resize": c.Resize, "crop": c.Crop, "batch_size": c.BatchSize, "seed": c.Seed, "seeds": c.Seeds, "strict": c.Strict}
 }
 
 // cacheDir is the feature cache's directory, "" when off.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -218,14 +219,11 @@ func TestEvalFinetune(t *testing.T) {
 	}
 }
 
-// TestEvalVOC07 runs the VOC07 protocol on a tiny VOC2007 folder (JPEGs of
-// 16 px, the res5 map 2 x 2, --pool 2): the command reads both splits,
-// trains the 20 SVMs and reports a mAP.
-func TestEvalVOC07(t *testing.T) {
-	dir := t.TempDir()
-	ckpt := evalCheckpoint(t, dir)
-	root := filepath.Join(dir, "VOC2007")
-	rng := rand.New(rand.NewPCG(10, 10))
+// writeVOC writes a tiny VOC2007 folder under root: 24 JPEGs of 16 px of
+// three kinds, every third in the test split, the others in trainval, with
+// each class's targets following the kind (and some difficult ones).
+func writeVOC(t *testing.T, root string, rng *rand.Rand) {
+	t.Helper()
 	for _, sub := range []string{"ImageSets/Main", "JPEGImages"} {
 		os.MkdirAll(filepath.Join(root, sub), 0o755)
 	}
@@ -266,13 +264,35 @@ func TestEvalVOC07(t *testing.T) {
 	for key, b := range classFiles {
 		os.WriteFile(filepath.Join(root, "ImageSets/Main", key+".txt"), []byte(b.String()), 0o644)
 	}
-	got, stderr := evalJSON(t, "eval", "voc07", "--checkpoint", ckpt, "--train-data", root, "--val-data", root,
-		"--resize", "0", "--crop", "0", "--pool", "2", "--costs", "0.1,1", "--cache-dir", filepath.Join(dir, "cache"))
+}
+
+// TestEvalVOC07 runs the VOC07 protocol on a tiny VOC2007 folder (JPEGs of
+// 16 px, the res5 map 2 x 2, --pool 2): the command reads both splits,
+// trains the 20 SVMs and reports a mAP; with a trainval image truncated it
+// skips it and says so.
+func TestEvalVOC07(t *testing.T) {
+	dir := t.TempDir()
+	ckpt := evalCheckpoint(t, dir)
+	root := filepath.Join(dir, "VOC2007")
+	writeVOC(t, root, rand.New(rand.NewPCG(10, 10)))
+	args := []string{"eval", "voc07", "--checkpoint", ckpt, "--train-data", root, "--val-data", root,
+		"--resize", "0", "--crop", "0", "--pool", "2", "--costs", "0.1,1", "--cache-dir", filepath.Join(dir, "cache")}
+	got, stderr := evalJSON(t, args...)
 	if v, ok := got["map"].(float64); !ok || !(v > 0 && v <= 100) {
 		t.Errorf("map %v (%s)", got["map"], stderr)
 	}
-	if s := got["settings"].(map[string]any); s["pool"] != 2.0 || s["train_split"] != "trainval" {
-		t.Errorf("settings %v", s)
+	if s := got["settings"].(map[string]any); s["pool"] != 2.0 || s["train_split"] != "trainval" || got["skipped"] != 0.0 {
+		t.Errorf("settings %v, skipped %v", s, got["skipped"])
+	}
+	bad := filepath.Join(root, "JPEGImages", "000004.jpg") // trainval
+	b, err := os.ReadFile(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(bad, b[:len(b)/2], 0o644)
+	got, stderr = evalJSON(t, append(args, "--no-cache")...)
+	if v, ok := got["map"].(float64); !ok || !(v > 0 && v <= 100) || got["skipped"] != 1.0 || !strings.Contains(stderr, bad) {
+		t.Errorf("a truncated image: map %v, skipped %v (%s)", got["map"], got["skipped"], stderr)
 	}
 }
 
@@ -305,6 +325,83 @@ func TestEvalBadInput(t *testing.T) {
 		assertOneLineError(t, code, stderr)
 		if !strings.Contains(stderr, c.want) {
 			t.Errorf("%s: %q does not mention %q", name, stderr, c.want)
+		}
+	}
+}
+
+// TestEvalSkipsUnreadable runs eval knn and eval linear on image folders
+// holding a truncated JPEG and a garbage .png among the training images
+// and a truncated JPEG among the evaluation images: each is logged with its
+// path, the report counts the three, and the numbers equal those of the
+// same folders without the bad files (the rows stay aligned with their
+// labels), from the cache as computed; a labels subset holding the bad
+// files drops them and says so, fine-tuning skips them too, and --strict
+// fails naming a bad file.
+func TestEvalSkipsUnreadable(t *testing.T) {
+	dir := t.TempDir()
+	ckpt := evalCheckpoint(t, dir)
+	var folders [2][2]string // clean, with bad files; train, val
+	for k := range folders {
+		rng := rand.New(rand.NewPCG(12, 12))
+		for j, name := range []string{"train", "val"} {
+			folders[k][j] = filepath.Join(dir, fmt.Sprint(k), name)
+			writeFolder(t, folders[k][j], rng, 3, []int{4, 2}[j], 16)
+		}
+	}
+	var full bytes.Buffer
+	jpeg.Encode(&full, classImage(rand.New(rand.NewPCG(1, 2)), 1, 16), &jpeg.Options{Quality: 95})
+	bad := []string{
+		filepath.Join(folders[1][0], "n0001", "n0001_9.jpg"),
+		filepath.Join(folders[1][0], "n0002", "n0002_9.png"),
+		filepath.Join(folders[1][1], "n0000", "n0000_9.jpg"),
+	}
+	os.WriteFile(bad[0], full.Bytes()[:full.Len()/2], 0o644)
+	os.WriteFile(bad[1], []byte("garbage with an image extension"), 0o644)
+	os.WriteFile(bad[2], full.Bytes()[:full.Len()/3], 0o644)
+	args := func(k int, cache string, extra ...string) []string {
+		return append(append([]string{"eval"}, extra...), "--checkpoint", ckpt, "--train-data", folders[k][0], "--val-data", folders[k][1],
+			"--resize", "0", "--crop", "0", "--batch-size", "5", "--cache-dir", cache)
+	}
+	cache := filepath.Join(dir, "cache")
+	clean, _ := evalJSON(t, args(0, cache, "knn", "--k", "3")...)
+	if clean["skipped"] != 0.0 {
+		t.Fatalf("clean folders: skipped %v", clean["skipped"])
+	}
+	for round := range 2 { // computed, then from the cache
+		got, stderr := evalJSON(t, args(1, cache, "knn", "--k", "3")...)
+		if got["skipped"] != 3.0 || len(got["skipped_files"].([]any)) != 3 || got["top1"] != clean["top1"] || got["top5"] != clean["top5"] {
+			t.Errorf("round %d: skipped %v, top1 %v top5 %v; without the bad files top1 %v top5 %v", round, got["skipped"], got["top1"], got["top5"], clean["top1"], clean["top5"])
+		}
+		for _, p := range bad {
+			if strings.Count(stderr, "skipped unreadable image: ") != 3 || !strings.Contains(stderr, p) {
+				t.Errorf("round %d: stderr does not log %s once among three skips:\n%s", round, p, stderr)
+			}
+		}
+		if (round == 1) != (strings.Count(stderr, "from the cache") == 2) {
+			t.Errorf("round %d: cache use: %s", round, stderr)
+		}
+	}
+	// Text output, and a labels subset of all images but the bad ones'
+	// (99% of four or five per class rounds to all): the same probe as on
+	// the clean folder.
+	code, stdout, stderr := runCLI(t, args(1, cache, "linear", "--epochs", "3", "--labels", "99%")...)
+	if code != 0 || !strings.Contains(stdout, "3 unreadable images skipped") || !strings.Contains(stderr, "labels subset: dropped 2 sample(s)") {
+		t.Errorf("linear --labels 99%%: exit %d, stdout %q, stderr %s", code, stdout, stderr)
+	}
+	want, _ := evalJSON(t, args(0, cache, "linear", "--epochs", "3")...)
+	got, _ := evalJSON(t, args(1, cache, "linear", "--epochs", "3", "--labels", "99%")...)
+	if got["top1"] != want["top1"] || got["top5"] != want["top5"] {
+		t.Errorf("linear: top1 %v top5 %v, without the bad files %v %v", got["top1"], got["top5"], want["top1"], want["top5"])
+	}
+	got, stderr = evalJSON(t, append(args(1, cache, "finetune", "--epochs", "1", "--milestones", "1"), "--crop", "12")...)
+	if got["skipped"] != 3.0 {
+		t.Errorf("finetune: skipped %v (%s)", got["skipped"], stderr)
+	}
+	for _, cmd := range []string{"knn", "linear"} {
+		code, _, stderr := runCLI(t, append(args(1, cache, cmd), "--strict")...)
+		assertOneLineError(t, code, stderr)
+		if !strings.Contains(stderr, bad[2]) {
+			t.Errorf("%s --strict: %q does not name %s", cmd, stderr, bad[2])
 		}
 	}
 }
