@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"unsafe"
 
 	"github.com/e2mcvk/e2mcvk/vk"
 )
@@ -146,7 +147,10 @@ func (t *Tensor) view() *Tensor {
 	return &Tensor{buf: t.buf, shape: append([]int(nil), t.shape...), strides: append([]int(nil), t.strides...), offset: t.offset}
 }
 
-// Upload copies data (row-major, Len values) into a contiguous tensor.
+// Upload copies data (row-major, Len values) into a contiguous tensor. data
+// goes to the device without an intermediate host copy where it can: as
+// its own bytes on a little-endian host, and straight from the memory when
+// it lies in a vk.HostBuffer of the tensor's device (see vk.Buffer.Write).
 func (t *Tensor) Upload(ctx context.Context, data []float32) error {
 	if !t.Contiguous() {
 		return fmt.Errorf("upload into a strided view: make it contiguous first")
@@ -154,11 +158,35 @@ func (t *Tensor) Upload(ctx context.Context, data []float32) error {
 	if len(data) != t.Len() {
 		return fmt.Errorf("upload %d values into tensor %v of %d", len(data), t.shape, t.Len())
 	}
-	raw := make([]byte, 4*len(data))
-	for i, v := range data {
-		binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
+	raw, ok := floatBytes(data)
+	if !ok {
+		raw = make([]byte, 4*len(data))
+		for i, v := range data {
+			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
+		}
 	}
 	return t.buf.Write(ctx, 4*int64(t.offset), raw)
+}
+
+// UploadFrom copies Len float32 values (row-major, little-endian: what
+// vk.HostBuffer.Float32s holds on a little-endian host) from byte off of
+// hb into a contiguous tensor, in one device copy from the pinned memory.
+func (t *Tensor) UploadFrom(ctx context.Context, hb *vk.HostBuffer, off int64) error {
+	if !t.Contiguous() {
+		return fmt.Errorf("upload into a strided view: make it contiguous first")
+	}
+	if hb == nil {
+		return fmt.Errorf("upload into tensor %v: no host buffer", t.shape)
+	}
+	n := 4 * int64(t.Len())
+	if off < 0 || off+n > hb.Size() {
+		return fmt.Errorf("upload %d values at byte %d of a host buffer of %d bytes into tensor %v: outside the host buffer",
+			t.Len(), off, hb.Size(), t.shape)
+	}
+	if err := t.buf.WriteFromHost(ctx, 4*int64(t.offset), hb, off, n); err != nil {
+		return fmt.Errorf("upload into tensor %v: %w", t.shape, err)
+	}
+	return nil
 }
 
 // Download returns the elements of a contiguous tensor in row-major order.
@@ -166,15 +194,31 @@ func (t *Tensor) Download(ctx context.Context) ([]float32, error) {
 	if !t.Contiguous() {
 		return nil, fmt.Errorf("download a strided view: make it contiguous first")
 	}
+	out := make([]float32, t.Len())
+	if raw, ok := floatBytes(out); ok {
+		if err := t.buf.Read(ctx, 4*int64(t.offset), raw); err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
 	raw := make([]byte, 4*t.Len())
 	if err := t.buf.Read(ctx, 4*int64(t.offset), raw); err != nil {
 		return nil, err
 	}
-	out := make([]float32, t.Len())
 	for i := range out {
 		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
 	}
 	return out, nil
+}
+
+// floatBytes returns the memory of data as bytes when the host is
+// little-endian, the byte order of the kernels' float32 (every Vulkan host
+// in practice); ok is false on a big-endian host, which must convert.
+func floatBytes(data []float32) (raw []byte, ok bool) {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		return nil, false
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 4*len(data)), true
 }
 
 // locate binds the elements [first, first+count) of the tensor's buffer; ok

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -38,6 +39,19 @@ type Pipeline struct {
 	// InOrder takes the images in data-set order every epoch instead of
 	// shuffling them (e2mcvk train --no-shuffle).
 	InOrder bool
+	// Alloc, when set, provides the memory batches are assembled in, such
+	// as pinned memory a device uploads from directly (vk.HostBuffer). It
+	// returns a slice of at least lens[v] values for each view v (their
+	// contents need not be initialised) and a function taking the memory
+	// back, which Batch.Release calls once. It is called from several
+	// goroutines at once. An error from it ends the epoch. Nil allocates
+	// Go slices.
+	//
+	// Memory comes back when the consumer releases its batch, or at Close
+	// for batches built and never taken; so at most Prefetch batches not
+	// yet taken, plus those the consumer holds unreleased, are allocated at
+	// a time.
+	Alloc func(lens []int) (views [][]float32, release func(), err error)
 }
 
 // Batch is one training batch.
@@ -45,7 +59,9 @@ type Batch struct {
 	// Number is the batch's index in its epoch.
 	Number int
 	// Views holds, for each view, the batch as a [B, 3, S, S] tensor
-	// normalised with the ImageNet statistics, S being Sizes[view].
+	// normalised with the ImageNet statistics, S being Sizes[view]. With
+	// Pipeline.Alloc the memory is Alloc's, and it must not be used after
+	// Release.
 	Views [][]float32
 	// Sizes are the views' output sizes.
 	Sizes []int
@@ -57,6 +73,22 @@ type Batch struct {
 	Skipped []int
 	// skipErrs are the Skipped images' errors, for the log.
 	skipErrs []error
+	// release hands Views' memory back to Pipeline.Alloc; nil for Go
+	// slices.
+	release func()
+}
+
+// Release hands the batch's memory back to the pipeline's Alloc for a
+// later batch and sets Views to nil: Views, and any slice of it, must not
+// be used after. Call it once the batch's views have been uploaded or
+// copied. Without Alloc it only drops Views. It is safe to call more than
+// once.
+func (b *Batch) Release() {
+	if b.release != nil {
+		b.release()
+		b.release = nil
+	}
+	b.Views = nil
 }
 
 // NumBatches returns the number of full batches in an epoch.
@@ -118,7 +150,8 @@ func (p *Pipeline) check() error {
 // sample, view)). Unreadable images are logged, counted and passed over,
 // or with Strict end the epoch with an error naming the image.
 //
-// The caller must call Close on the iterator.
+// The caller must call Close on the iterator, and Release on every batch
+// it takes when the pipeline has an Alloc.
 func (p *Pipeline) Epoch(ctx context.Context, epoch, startBatch int) (*BatchIter, error) {
 	if err := p.check(); err != nil {
 		return nil, err
@@ -187,6 +220,9 @@ type BatchIter struct {
 	batch   *Batch
 	err     error
 	seen    map[int]bool // skipped samples, counted once
+	// unread are results taken from pending whose batch Next gave up
+	// waiting for (the context ended): Close releases their batches.
+	unread []chan batchResult
 }
 
 type batchResult struct {
@@ -215,6 +251,7 @@ func (it *BatchIter) Next() bool {
 		case res = <-ch:
 		case <-it.ctx.Done():
 			res.err = it.ctx.Err()
+			it.unread = append(it.unread, ch)
 		}
 	case <-it.ctx.Done():
 		res.err = it.ctx.Err()
@@ -240,7 +277,8 @@ func (it *BatchIter) Next() bool {
 	return true
 }
 
-// Batch returns the batch Next advanced to; the caller may keep it.
+// Batch returns the batch Next advanced to; the caller may keep it (with
+// Pipeline.Alloc, until it calls the batch's Release).
 func (it *BatchIter) Batch() *Batch { return it.batch }
 
 // Err returns the error that ended the epoch early, if any.
@@ -250,11 +288,26 @@ func (it *BatchIter) Err() error { return it.err }
 // the batches returned so far.
 func (it *BatchIter) Skipped() int { return len(it.seen) }
 
-// Close stops the workers and waits for them to exit. It is safe to call
-// more than once.
+// Close stops the workers, waits for them to exit and releases the
+// batches built but not taken. It is safe to call more than once.
 func (it *BatchIter) Close() error {
 	it.cancel()
 	it.wg.Wait()
+	// Every builder has finished: each result still queued holds its
+	// batch or error, and pending is closed.
+	for ch := range it.pending {
+		it.unread = append(it.unread, ch)
+	}
+	for _, ch := range it.unread {
+		select {
+		case res := <-ch:
+			if res.batch != nil {
+				res.batch.Release()
+			}
+		default:
+		}
+	}
+	it.unread = nil
 	return nil
 }
 
@@ -330,19 +383,30 @@ func (b *batchBuilder) augment(sample int, dst [][]float32) (bad bool, err error
 func (b *batchBuilder) build(ctx context.Context, k int) (*Batch, error) {
 	p := b.p
 	n, bs := len(b.order), p.BatchSize
+	per := make([]int, len(p.Views))
+	sizes := make([]int, len(p.Views))
+	for v, view := range p.Views {
+		sizes[v] = view.Size
+		per[v] = 3 * view.Size * view.Size
+	}
+	views, release, err := b.alloc(per)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: batch %d: allocate: %w", k, err)
+	}
 	batch := &Batch{
 		Number:  k,
-		Views:   make([][]float32, len(p.Views)),
-		Sizes:   make([]int, len(p.Views)),
+		Views:   views,
+		Sizes:   sizes,
 		Samples: make([]int, 0, bs),
 		Labels:  make([]int, 0, bs),
+		release: release,
 	}
-	per := make([]int, len(p.Views))
-	for v, view := range p.Views {
-		batch.Sizes[v] = view.Size
-		per[v] = 3 * view.Size * view.Size
-		batch.Views[v] = make([]float32, bs*per[v])
-	}
+	built := false
+	defer func() {
+		if !built {
+			batch.Release()
+		}
+	}()
 	slotDst := func(slot int) [][]float32 {
 		d := make([][]float32, len(per))
 		for v := range per {
@@ -361,23 +425,31 @@ func (b *batchBuilder) build(ctx context.Context, k int) (*Batch, error) {
 		// Wave: slot filled+j gets position next+j.
 		done := make(chan sampleResult, want)
 		samples := make([]int, want)
+		sent := 0
+		var stopped error
 		for j := range want {
 			samples[j] = b.order[(next+j)%n]
 			t := sampleTask{sample: samples[j], dst: slotDst(filled + j), done: done, slot: j}
 			select {
 			case b.tasks <- t:
+				sent++
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				stopped = ctx.Err()
+			}
+			if stopped != nil {
+				break
 			}
 		}
+		// A worker finishes every task it took, writing into the batch,
+		// so the batch's memory may go back only once all have answered
+		// (done has room for every answer: none waits for this loop).
 		results := make([]sampleResult, want)
-		for range want {
-			select {
-			case r := <-done:
-				results[r.slot] = r
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
+		for range sent {
+			r := <-done
+			results[r.slot] = r
+		}
+		if stopped != nil {
+			return nil, stopped
 		}
 		next += want
 		tried += want
@@ -401,5 +473,49 @@ func (b *batchBuilder) build(ctx context.Context, k int) (*Batch, error) {
 			batch.Labels = append(batch.Labels, p.Data.Label(samples[j]))
 		}
 	}
+	built = true
 	return batch, nil
+}
+
+// alloc returns the memory of a batch whose views hold per[v] values an
+// image, from Pipeline.Alloc or as Go slices.
+func (b *batchBuilder) alloc(per []int) ([][]float32, func(), error) {
+	lens := make([]int, len(per))
+	for v := range per {
+		lens[v] = b.p.BatchSize * per[v]
+	}
+	if b.p.Alloc == nil {
+		views := make([][]float32, len(lens))
+		for v, n := range lens {
+			views[v] = make([]float32, n)
+		}
+		return views, nil, nil
+	}
+	views, release, err := b.p.Alloc(slices.Clone(lens))
+	if err != nil {
+		return nil, nil, err
+	}
+	fits := len(views) == len(lens)
+	for v := 0; fits && v < len(views); v++ {
+		fits = len(views[v]) >= lens[v]
+	}
+	if !fits {
+		if release != nil {
+			release()
+		}
+		return nil, nil, fmt.Errorf("Alloc returned views of %v values, want %v", viewLens(views), lens)
+	}
+	for v := range views {
+		// Capped, so that nothing appends into memory past the view.
+		views[v] = views[v][:lens[v]:lens[v]]
+	}
+	return views, release, nil
+}
+
+func viewLens(views [][]float32) []int {
+	out := make([]int, len(views))
+	for v := range views {
+		out[v] = len(views[v])
+	}
+	return out
 }

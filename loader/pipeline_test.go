@@ -12,7 +12,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -372,5 +374,236 @@ func TestPipelinePlainInOrder(t *testing.T) {
 				t.Fatalf("view %d value %d: %v, LoadBatch %v", v, i, b.Views[v][i], want[i])
 			}
 		}
+	}
+}
+
+// poolAlloc is a Pipeline.Alloc that recycles released memory, counts what
+// it hands out, and fills every slice it hands out with NaN so that a value
+// the pipeline did not write shows.
+type poolAlloc struct {
+	t      *testing.T
+	mu     sync.Mutex
+	free   map[int][][]float32 // by length
+	fresh  int                 // slices allocated new
+	out    int                 // batches handed out and not released
+	peak   int
+	calls  int
+	failAt int                           // the call that fails, 0 for none
+	edit   func([][]float32) [][]float32 // spoils the views, for the error tests
+}
+
+var errNoMemory = errors.New("no memory left")
+
+func newPoolAlloc(t *testing.T) *poolAlloc {
+	return &poolAlloc{t: t, free: map[int][][]float32{}}
+}
+
+func (a *poolAlloc) alloc(lens []int) ([][]float32, func(), error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls++
+	if a.calls == a.failAt {
+		return nil, nil, errNoMemory
+	}
+	views := make([][]float32, len(lens))
+	for v, n := range lens {
+		if f := a.free[n]; len(f) > 0 {
+			views[v], a.free[n] = f[len(f)-1], f[:len(f)-1]
+		} else {
+			views[v] = make([]float32, n)
+			a.fresh++
+		}
+		for i := range views[v] {
+			views[v][i] = float32(math.NaN())
+		}
+	}
+	a.out++
+	a.peak = max(a.peak, a.out)
+	kept := slices.Clone(views)
+	released := false
+	release := func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if released {
+			a.t.Error("a batch's memory released twice")
+			return
+		}
+		released = true
+		a.out--
+		for _, s := range kept {
+			a.free[len(s)] = append(a.free[len(s)], s)
+		}
+	}
+	if a.edit != nil {
+		views = a.edit(views)
+	}
+	return views, release, nil
+}
+
+func (a *poolAlloc) outstanding() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.out
+}
+
+// TestPipelineAlloc checks batches assembled in memory from Alloc: they are
+// bit for bit the batches of Go slices (although the memory comes back
+// holding NaN), Release hands it back and drops Views, and the memory in
+// use stays within the prefetch bound and is reused from epoch to epoch.
+func TestPipelineAlloc(t *testing.T) {
+	ds := writePNGFolder(t, 14)
+	base := Pipeline{Data: ds, Views: smallViews(), BatchSize: 3, Seed: 11, Workers: 3, Prefetch: 2}
+	pool := newPoolAlloc(t)
+	p := base
+	p.Alloc = pool.alloc
+	for epoch := range 2 {
+		want, _ := collect(t, &base, epoch, 0)
+		it, err := p.Epoch(context.Background(), epoch, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for it.Next() {
+			b := it.Batch()
+			if k >= len(want) || !sameBatch(b, want[k]) {
+				t.Errorf("epoch %d batch %d differs from the batch in Go slices", epoch, k)
+			}
+			b.Release()
+			if b.Views != nil {
+				t.Error("Views kept after Release")
+			}
+			b.Release() // twice is harmless
+			k++
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		it.Close()
+		if k != len(want) {
+			t.Errorf("epoch %d: %d batches, want %d", epoch, k, len(want))
+		}
+		if n := pool.outstanding(); n != 0 {
+			t.Errorf("epoch %d: %d batches not handed back", epoch, n)
+		}
+	}
+	// A batch held while the next Prefetch are built: at most Prefetch+1
+	// batches' memory, allocated once for both epochs.
+	bound := base.Prefetch + 1
+	if pool.peak > bound || pool.fresh > bound*len(base.Views) {
+		t.Errorf("%d batches at once, %d slices allocated; want at most %d and %d",
+			pool.peak, pool.fresh, bound, bound*len(base.Views))
+	}
+	if pool.calls != 2*base.NumBatches() {
+		t.Errorf("Alloc called %d times for %d batches", pool.calls, 2*base.NumBatches())
+	}
+}
+
+// TestPipelineAllocClose checks that closing an epoch early, or cancelling
+// it, hands back the memory of every batch built and not taken, and leaves
+// the consumer's batches to it.
+func TestPipelineAllocClose(t *testing.T) {
+	ds := writePNGFolder(t, 12)
+	for _, cancelFirst := range []bool{false, true} {
+		pool := newPoolAlloc(t)
+		p := &Pipeline{Data: ds, Views: smallViews(), BatchSize: 2, Workers: 2, Prefetch: 3, Alloc: pool.alloc}
+		ctx, cancel := context.WithCancel(context.Background())
+		it, err := p.Epoch(ctx, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !it.Next() {
+			t.Fatal(it.Err())
+		}
+		held := it.Batch()
+		// Let the prefetch fill up.
+		deadline := time.Now().Add(5 * time.Second)
+		for pool.outstanding() < 1+p.Prefetch && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if cancelFirst {
+			cancel()
+			for it.Next() {
+			}
+		}
+		it.Close()
+		cancel()
+		if n := pool.outstanding(); n != 1 {
+			t.Errorf("cancel first %v: %d batches out after Close, want 1 (the one held)", cancelFirst, n)
+		}
+		if len(held.Views) != 2 || len(held.Views[0]) != 2*3*16*16 {
+			t.Errorf("the held batch lost its views at Close")
+		}
+		held.Release()
+		if n := pool.outstanding(); n != 0 {
+			t.Errorf("%d batches out after releasing the last", n)
+		}
+	}
+}
+
+// TestPipelineAllocErrors checks that Alloc's errors end the epoch with the
+// error, that views Alloc gets wrong are refused, and that a batch that
+// fails hands its memory back.
+func TestPipelineAllocErrors(t *testing.T) {
+	ds := writePNGFolder(t, 8)
+	short := func(v [][]float32) [][]float32 { return [][]float32{v[0], v[1][:10]} }
+	fewer := func(v [][]float32) [][]float32 { return v[:1] }
+	tests := []struct {
+		name    string
+		failAt  int
+		edit    func([][]float32) [][]float32
+		batches int
+		want    string
+	}{
+		{"fails at the third", 3, nil, 2, errNoMemory.Error()},
+		{"short view", 0, short, 0, "Alloc returned views of [1536 10] values, want [1536 864]"},
+		{"one view", 0, fewer, 0, "Alloc returned views of [1536] values, want [1536 864]"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := newPoolAlloc(t)
+			pool.failAt, pool.edit = tc.failAt, tc.edit
+			// Prefetch 1 builds the batches one after another, so the
+			// calls come in batch order.
+			p := &Pipeline{Data: ds, Views: smallViews(), BatchSize: 2, Workers: 2, Prefetch: 1, Alloc: pool.alloc}
+			it, err := p.Epoch(context.Background(), 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for it.Next() {
+				it.Batch().Release()
+				n++
+			}
+			it.Close()
+			if n != tc.batches || it.Err() == nil || !strings.Contains(it.Err().Error(), tc.want) {
+				t.Errorf("%d batches, error %v; want %d and an error containing %q", n, it.Err(), tc.batches, tc.want)
+			}
+			if tc.failAt > 0 && !errors.Is(it.Err(), errNoMemory) {
+				t.Errorf("error %v does not wrap Alloc's", it.Err())
+			}
+			if out := pool.outstanding(); out != 0 {
+				t.Errorf("%d batches not handed back", out)
+			}
+		})
+	}
+
+	// A batch that fails for its images hands its memory back too.
+	for i := range ds.Samples {
+		if err := os.WriteFile(ds.Samples[i].Path, []byte("not a png"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := newPoolAlloc(t)
+	p := &Pipeline{Data: ds, Views: smallViews(), BatchSize: 2, Workers: 2, Alloc: pool.alloc}
+	it, err := p.Epoch(context.Background(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.Next() || it.Err() == nil || !strings.Contains(it.Err().Error(), "readable") {
+		t.Errorf("all unreadable: error %v", it.Err())
+	}
+	it.Close()
+	if out := pool.outstanding(); out != 0 || pool.calls == 0 {
+		t.Errorf("%d batches not handed back after %d allocations", out, pool.calls)
 	}
 }

@@ -102,20 +102,112 @@ func (a Arg) region() (blk *block, off, size int64) {
 	return s.blk, s.off, s.size
 }
 
-// Write copies src into the buffer at byte offset off, through the staging
-// area, and waits for the copy to finish.
+// Write copies src into the buffer at byte offset off and waits for the
+// copy to finish. It goes through the device's staging area, or straight
+// from src when src lies in a live HostBuffer of the buffer's device.
 func (b *Buffer) Write(ctx context.Context, off int64, src []byte) error {
+	if h, hoff, ok := b.dev.mem.pinnedHolding(src); ok {
+		return b.hostCopy(ctx, off, int64(len(src)), h, hoff, true)
+	}
 	return b.transfer(ctx, off, int64(len(src)), func(staging []byte, done int64) {
 		copy(staging, src[done:])
 	}, nil)
 }
 
 // Read copies bytes of the buffer from offset off into dst, through the
-// staging area.
+// staging area, or straight into dst when dst lies in a live HostBuffer of
+// the buffer's device.
 func (b *Buffer) Read(ctx context.Context, off int64, dst []byte) error {
+	if h, hoff, ok := b.dev.mem.pinnedHolding(dst); ok {
+		return b.hostCopy(ctx, off, int64(len(dst)), h, hoff, false)
+	}
 	return b.transfer(ctx, off, int64(len(dst)), nil, func(staging []byte, done int64) {
 		copy(dst[done:], staging)
 	})
+}
+
+// WriteFromHost copies n bytes of src from byte srcOff into the buffer at
+// byte offset off, in one device copy from the pinned memory, and waits for
+// it to finish. The buffer may span several segments.
+func (b *Buffer) WriteFromHost(ctx context.Context, off int64, src *HostBuffer, srcOff, n int64) error {
+	h, err := b.pinnedRange(src, srcOff, n)
+	if err != nil {
+		return fmt.Errorf("write from host: %w", err)
+	}
+	return b.hostCopy(ctx, off, n, h, srcOff, true)
+}
+
+// ReadToHost copies n bytes of the buffer from byte offset off into dst at
+// byte dstOff, in one device copy into the pinned memory, and waits for it
+// to finish.
+func (b *Buffer) ReadToHost(ctx context.Context, off int64, dst *HostBuffer, dstOff, n int64) error {
+	h, err := b.pinnedRange(dst, dstOff, n)
+	if err != nil {
+		return fmt.Errorf("read to host: %w", err)
+	}
+	return b.hostCopy(ctx, off, n, h, dstOff, false)
+}
+
+// pinnedRange checks that hb is a live HostBuffer of b's device holding
+// bytes [off, off+n).
+func (b *Buffer) pinnedRange(hb *HostBuffer, off, n int64) (*hostBuffer, error) {
+	if hb == nil {
+		return nil, fmt.Errorf("no host buffer")
+	}
+	if hb.dev != b.dev {
+		return nil, fmt.Errorf("host buffer of another device (%s) than the buffer's (%s)", hb.dev.Info.Name, b.dev.Info.Name)
+	}
+	h := hb.live()
+	if h == nil {
+		return nil, fmt.Errorf("host buffer used after Release")
+	}
+	if off < 0 || n < 0 || off+n > hb.size {
+		return nil, fmt.Errorf("%d bytes at %d: outside host buffer of %d bytes", n, off, hb.size)
+	}
+	return h, nil
+}
+
+// hostCopy copies n bytes between host memory h at hoff and the buffer at
+// off, toward the device if up, in one submission.
+func (b *Buffer) hostCopy(ctx context.Context, off, n int64, h *hostBuffer, hoff int64, up bool) error {
+	if off < 0 || n < 0 || off+n > b.size {
+		return fmt.Errorf("transfer of %d bytes at %d: outside buffer of %d bytes", n, off, b.size)
+	}
+	if n == 0 {
+		return nil
+	}
+	d := b.dev
+	d.transferMu.Lock()
+	defer d.transferMu.Unlock()
+	s := d.transfer
+	if err := s.begin(); err != nil {
+		return err
+	}
+	b.recordCopies(s, off, n, h, hoff, up)
+	if err := s.Run(ctx); err != nil {
+		return fmt.Errorf("transfer: %w", err)
+	}
+	return nil
+}
+
+// recordCopies records copies of n bytes between host memory h at hoff and
+// the buffer at off, split at segment boundaries.
+func (b *Buffer) recordCopies(s *Stream, off, n int64, h *hostBuffer, hoff int64, up bool) {
+	for c := int64(0); c < n; {
+		pos := off + c
+		seg := pos / b.segSize
+		rel := pos - seg*b.segSize
+		dev := b.segs[seg]
+		m := min(n-c, dev.size-rel)
+		if up {
+			vulkan.CmdCopyBuffer(s.cmd, h.buf, dev.blk.buf, 1, []vulkan.BufferCopy{{
+				SrcOffset: vulkan.DeviceSize(hoff + c), DstOffset: vulkan.DeviceSize(dev.off + rel), Size: vulkan.DeviceSize(m)}})
+		} else {
+			vulkan.CmdCopyBuffer(s.cmd, dev.blk.buf, h.buf, 1, []vulkan.BufferCopy{{
+				SrcOffset: vulkan.DeviceSize(dev.off + rel), DstOffset: vulkan.DeviceSize(hoff + c), Size: vulkan.DeviceSize(m)}})
+		}
+		c += m
+	}
 }
 
 // stagingBytes bounds the host-visible staging area of a device.
@@ -134,7 +226,7 @@ func (b *Buffer) transfer(ctx context.Context, off, n int64, fill, drain func(st
 	if d.staging == nil {
 		h, err := d.newHostBuffer(stagingBytes)
 		if err != nil {
-			return err
+			return fmt.Errorf("staging area: %w", err)
 		}
 		d.staging = h
 	}
@@ -148,22 +240,7 @@ func (b *Buffer) transfer(ctx context.Context, off, n int64, fill, drain func(st
 		if err := s.begin(); err != nil {
 			return err
 		}
-		// Split the chunk at segment boundaries.
-		for c := int64(0); c < chunk; {
-			pos := off + done + c
-			seg := pos / b.segSize
-			rel := pos - seg*b.segSize
-			m := min(chunk-c, b.segs[seg].size-rel)
-			dev := b.segs[seg]
-			if fill != nil {
-				vulkan.CmdCopyBuffer(s.cmd, st.buf, dev.blk.buf, 1, []vulkan.BufferCopy{{
-					SrcOffset: vulkan.DeviceSize(c), DstOffset: vulkan.DeviceSize(dev.off + rel), Size: vulkan.DeviceSize(m)}})
-			} else {
-				vulkan.CmdCopyBuffer(s.cmd, dev.blk.buf, st.buf, 1, []vulkan.BufferCopy{{
-					SrcOffset: vulkan.DeviceSize(dev.off + rel), DstOffset: vulkan.DeviceSize(c), Size: vulkan.DeviceSize(m)}})
-			}
-			c += m
-		}
+		b.recordCopies(s, off+done, chunk, st, 0, fill != nil)
 		if err := s.Run(ctx); err != nil {
 			return fmt.Errorf("transfer: %w", err)
 		}

@@ -1,6 +1,7 @@
 package vk
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -40,6 +41,12 @@ type allocator struct {
 	// driver at Trim, at Close, or when memory runs short.
 	spare      []*block
 	spareBytes int64
+
+	// pinned are the live HostBuffers, for Buffer.Write and Read to
+	// recognise a slice of one and copy straight from or into it; pinned
+	// bytes count them.
+	pinned      []*HostBuffer
+	pinnedBytes int64
 }
 
 type block struct {
@@ -256,6 +263,15 @@ func (a *allocator) trim() {
 }
 
 func (a *allocator) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	// HostBuffers the caller did not release go with the device; their
+	// Bytes are nil from now on.
+	for _, hb := range a.pinned {
+		hb.h.free(a.dev)
+		hb.h = nil
+	}
+	a.pinned, a.pinnedBytes = nil, 0
 	for _, b := range append([]*block(nil), a.blocks...) {
 		a.destroyBlock(b)
 	}
@@ -321,7 +337,8 @@ func (d *Device) ResetPeakMemory() {
 func (d *Device) Trim() { d.mem.trim() }
 
 // hostBuffer is host-visible, coherent memory mapped for the whole of its
-// life: the staging area of uploads and downloads.
+// life: the staging area of uploads and downloads, and the memory of a
+// HostBuffer.
 type hostBuffer struct {
 	mem  vulkan.DeviceMemory
 	buf  vulkan.Buffer
@@ -329,17 +346,32 @@ type hostBuffer struct {
 	ptr  unsafe.Pointer
 }
 
+// newHostBuffer allocates and maps size bytes of host-visible coherent
+// memory, host-cached where the device has it: the CPU writes batches into
+// it and reads results back, which uncached (write-combined) memory makes
+// slow for reads.
 func (d *Device) newHostBuffer(size int64) (*hostBuffer, error) {
 	a := d.mem
 	want := vulkan.MemoryPropertyHostVisibleBit | vulkan.MemoryPropertyHostCoherentBit
-	t, _, ok := findMemoryType(d.physical, a.allowed, want|vulkan.MemoryPropertyHostCachedBit)
+	t, heap, ok := findMemoryType(d.physical, a.allowed, want|vulkan.MemoryPropertyHostCachedBit)
 	if !ok {
-		t, _, ok = findMemoryType(d.physical, a.allowed, want)
+		t, heap, ok = findMemoryType(d.physical, a.allowed, want)
 	}
 	if !ok {
-		return nil, fmt.Errorf("no host-visible coherent memory for staging")
+		return nil, fmt.Errorf("%s has no host-visible coherent memory", d.Info.Name)
 	}
+	a.mu.Lock()
+	pinned := a.pinnedBytes
+	if size > heap {
+		a.mu.Unlock()
+		return nil, a.hostOOM(size, pinned, heap)
+	}
+	// Under a.mu: newBlock reads inUse for its out-of-memory error.
 	b, err := a.newBlock(size, t)
+	a.mu.Unlock()
+	if errors.Is(err, ErrOutOfDeviceMemory) {
+		return nil, a.hostOOM(size, pinned, heap)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -347,10 +379,16 @@ func (d *Device) newHostBuffer(size int64) (*hostBuffer, error) {
 	var ptr unsafe.Pointer
 	if r := vulkan.MapMemory(d.handle, b.mem, 0, vulkan.DeviceSize(size), 0, &ptr); r != vulkan.Success {
 		h.free(d)
-		return nil, fmt.Errorf("map staging memory: %w", resultError(r))
+		return nil, fmt.Errorf("map %s of host-visible memory: %w", FormatBytes(size), resultError(r))
 	}
 	h.ptr = ptr
 	return h, nil
+}
+
+// hostOOM is the error of a host-visible allocation the device refused.
+func (a *allocator) hostOOM(size, pinned, heap int64) error {
+	return fmt.Errorf("allocate %s of host-visible memory on %s (%s pinned already, heap of %s): %w",
+		FormatBytes(size), a.dev.Info.Name, FormatBytes(pinned), FormatBytes(heap), ErrOutOfDeviceMemory)
 }
 
 func (h *hostBuffer) bytes() []byte { return unsafe.Slice((*byte)(h.ptr), h.size) }
