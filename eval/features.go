@@ -32,8 +32,9 @@ import (
 )
 
 // Features are the frozen-backbone features of a data set: N rows of D
-// values, one per image that could be read, in data-set order, and the
-// images' labels. An image that could not be read has no row: Index maps
+// values, one per image that could be read (in data-set order as
+// Extractor.Dataset computes them; in the order asked after Select), and
+// the images' labels. An image that could not be read has no row: Index maps
 // rows to data-set indices, and whatever selects rows by data-set index (a
 // labels subset, the targets of VOC07) goes through Index (Select,
 // Indices), never through the row number.

@@ -44,4 +44,52 @@ func TestReport(t *testing.T) {
 		back["settings"].(map[string]any)["labels"] != "10%" || back["protocol"] != "linear" {
 		t.Errorf("json %s", b)
 	}
+	if back["skipped"].(float64) != 0 || len(back["skipped_files"].([]any)) != 0 {
+		t.Errorf("json of a run that skipped nothing: %s", b)
+	}
+}
+
+// TestReportSkipped checks that a report gives the number of images a run
+// skipped, and their names, in its text and JSON forms.
+func TestReportSkipped(t *testing.T) {
+	for _, c := range []struct {
+		names []string
+		text  string
+	}{
+		{nil, "knn: top1 50.00 (1 seed)"},
+		{[]string{"a/1.jpg"}, "knn: top1 50.00 (1 seed, 1 unreadable image skipped)"},
+		{[]string{"a/1.jpg", "b/2.png", "c/3.jpg"}, "knn: top1 50.00 (1 seed, 3 unreadable images skipped)"},
+	} {
+		skips := &Skips{}
+		for i, n := range c.names {
+			// Met twice: counted once.
+			for range 2 {
+				if err := skips.add(Skip{Index: i, Name: n, Err: n + ": bad"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		r := NewReport("knn", nil)
+		r.Add("top1", []float64{50})
+		r.SetSkipped(skips)
+		if got := r.Text(); got != c.text {
+			t.Errorf("text %q, want %q", got, c.text)
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back struct {
+			Skipped      int      `json:"skipped"`
+			SkippedFiles []string `json:"skipped_files"`
+		}
+		if err := json.Unmarshal(b, &back); err != nil || back.Skipped != len(c.names) || len(back.SkippedFiles) != len(c.names) {
+			t.Errorf("json %s (%v), want %d skipped", b, err, len(c.names))
+		}
+		for i, n := range c.names {
+			if back.SkippedFiles[i] != n {
+				t.Errorf("skipped file %d: %q, want %q", i, back.SkippedFiles[i], n)
+			}
+		}
+	}
 }
