@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/e2mcvk/e2mcvk/layers"
@@ -380,6 +381,69 @@ func (s *dataSource) epoch(ctx context.Context, epoch, start int) (*loader.Batch
 	return s.pipe.Epoch(ctx, epoch, start)
 }
 
+// pinnedPool is the pipeline's batch memory (loader.Pipeline.Alloc): one
+// vk.HostBuffer per view of a batch, on the device the batches upload to,
+// recycled as batches are released. A view in a HostBuffer goes to the
+// device in one copy, from the memory the workers wrote it in: the
+// trainer's upload (layers.Tensor.Upload, through vk.Buffer.Write) copies
+// straight from a HostBuffer of its device. The pipeline bounds the
+// batches out at once, so the pool stays at a few batches.
+type pinnedPool struct {
+	dev  *vk.Device
+	mu   sync.Mutex
+	free map[int][]*vk.HostBuffer // released buffers by float32 count
+	all  []*vk.HostBuffer
+}
+
+// alloc is the pipeline's Alloc: a HostBuffer of lens[v] values for each
+// view, free ones first.
+func (p *pinnedPool) alloc(lens []int) ([][]float32, func(), error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.free == nil {
+		p.free = map[int][]*vk.HostBuffer{}
+	}
+	bufs := make([]*vk.HostBuffer, len(lens))
+	views := make([][]float32, len(lens))
+	for v, n := range lens {
+		if f := p.free[n]; len(f) > 0 {
+			bufs[v], p.free[n] = f[len(f)-1], f[:len(f)-1]
+		} else {
+			hb, err := p.dev.NewHostBuffer(4 * int64(n))
+			if err != nil {
+				p.put(lens[:v], bufs[:v])
+				return nil, nil, fmt.Errorf("pinned memory for a batch: %w", err)
+			}
+			p.all = append(p.all, hb)
+			bufs[v] = hb
+		}
+		views[v] = bufs[v].Float32s()[:n]
+	}
+	release := func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.put(lens, bufs)
+	}
+	return views, release, nil
+}
+
+// put returns buffers to the free lists; p.mu is held.
+func (p *pinnedPool) put(lens []int, bufs []*vk.HostBuffer) {
+	for v, hb := range bufs {
+		p.free[lens[v]] = append(p.free[lens[v]], hb)
+	}
+}
+
+// close frees the pool's memory, once no batch of it is in use.
+func (p *pinnedPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, hb := range p.all {
+		hb.Release()
+	}
+	p.all, p.free = nil, nil
+}
+
 // schedule returns the run's per-step learning rate: lr throughout, or a
 // half cosine from lr at the run's first step to 0 at its last.
 func (c *trainCmd) schedule(lr float64, pos runPosition) layers.Schedule {
@@ -573,6 +637,12 @@ func (r *trainRun) loop(tr *ssl.Trainer, stepCtx context.Context) error {
 	}
 	defer log.close()
 	src := newDataSource(c, p, e.stderr)
+	// Batches are assembled in pinned memory of the first device and go
+	// to it in one copy each. The pool outlives the epochs' iterators
+	// (each is closed before loop returns).
+	pool := &pinnedPool{dev: r.cfg.Devices[0]}
+	defer pool.close()
+	src.pipe.Alloc = pool.alloc
 	nb := src.pipe.NumBatches()
 	prog := newTrainProgress(e.stderr, p.pos.Step, p.pos.End)
 	defer prog.finish()
@@ -591,6 +661,9 @@ func (r *trainRun) loop(tr *ssl.Trainer, stepCtx context.Context) error {
 				}
 			}
 			res, err := tr.Step(stepCtx, b, pos.Epoch)
+			// The step has uploaded the views: their memory can take a
+			// later batch.
+			b.Release()
 			if err != nil {
 				it.Close()
 				return err
