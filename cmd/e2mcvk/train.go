@@ -389,52 +389,63 @@ func (s *dataSource) epoch(ctx context.Context, epoch, start int) (*loader.Batch
 // straight from a HostBuffer of its device. The pipeline bounds the
 // batches out at once, so the pool stays at a few batches.
 type pinnedPool struct {
-	dev  *vk.Device
-	mu   sync.Mutex
-	free map[int][]*vk.HostBuffer // released buffers by float32 count
-	all  []*vk.HostBuffer
+	dev *vk.Device
+	log io.Writer // takes the one note on falling back to ordinary memory
+
+	mu    sync.Mutex
+	free  map[int][]poolView // released views by length
+	all   []*vk.HostBuffer
+	noted bool
 }
 
-// alloc is the pipeline's Alloc: a HostBuffer of lens[v] values for each
-// view, free ones first.
+// poolView is one view's memory: in hb, or ordinary memory where the
+// device could not give pinned memory (hb nil).
+type poolView struct {
+	hb   *vk.HostBuffer
+	vals []float32
+}
+
+// alloc is the pipeline's Alloc: memory of lens[v] values for each view,
+// released memory first. Pinned memory is a speed-up only: where the device
+// refuses it (a view over its allocation limit, say) the view is ordinary
+// memory, as without the pool, with one note.
 func (p *pinnedPool) alloc(lens []int) ([][]float32, func(), error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.free == nil {
-		p.free = map[int][]*vk.HostBuffer{}
+		p.free = map[int][]poolView{}
 	}
-	bufs := make([]*vk.HostBuffer, len(lens))
+	got := make([]poolView, len(lens))
 	views := make([][]float32, len(lens))
 	for v, n := range lens {
 		if f := p.free[n]; len(f) > 0 {
-			bufs[v], p.free[n] = f[len(f)-1], f[:len(f)-1]
+			got[v], p.free[n] = f[len(f)-1], f[:len(f)-1]
 		} else {
 			hb, err := p.dev.NewHostBuffer(4 * int64(n))
 			if err != nil {
-				p.put(lens[:v], bufs[:v])
-				return nil, nil, fmt.Errorf("pinned memory for a batch: %w", err)
+				if !p.noted {
+					fmt.Fprintf(p.log, "note: batches in ordinary memory, each copied once more on its way to the device: %v\n", err)
+					p.noted = true
+				}
+				got[v] = poolView{vals: make([]float32, n)}
+			} else {
+				p.all = append(p.all, hb)
+				got[v] = poolView{hb: hb, vals: hb.Float32s()[:n]}
 			}
-			p.all = append(p.all, hb)
-			bufs[v] = hb
 		}
-		views[v] = bufs[v].Float32s()[:n]
+		views[v] = got[v].vals
 	}
 	release := func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		p.put(lens, bufs)
+		for v, pv := range got {
+			p.free[lens[v]] = append(p.free[lens[v]], pv)
+		}
 	}
 	return views, release, nil
 }
 
-// put returns buffers to the free lists; p.mu is held.
-func (p *pinnedPool) put(lens []int, bufs []*vk.HostBuffer) {
-	for v, hb := range bufs {
-		p.free[lens[v]] = append(p.free[lens[v]], hb)
-	}
-}
-
-// close frees the pool's memory, once no batch of it is in use.
+// close frees the pool's pinned memory, once no batch of it is in use.
 func (p *pinnedPool) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -640,7 +651,7 @@ func (r *trainRun) loop(tr *ssl.Trainer, stepCtx context.Context) error {
 	// Batches are assembled in pinned memory of the first device and go
 	// to it in one copy each. The pool outlives the epochs' iterators
 	// (each is closed before loop returns).
-	pool := &pinnedPool{dev: r.cfg.Devices[0]}
+	pool := &pinnedPool{dev: r.cfg.Devices[0], log: e.stderr}
 	defer pool.close()
 	src.pipe.Alloc = pool.alloc
 	nb := src.pipe.NumBatches()
