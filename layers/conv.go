@@ -624,13 +624,15 @@ const (
 	// One dispatch sums at most this many channels: llvmpipe ends loops
 	// after 65535 iterations, and it blocks the float32 sum.
 	convCPUMaxC = 4096
+	// Channels per iteration of conv_gather.comp's loop (see the shader).
+	convCPUChannelSteps = 4
 )
 
 // chooseConvGather picks the gather kernel for a device and m output
 // channels: conv_gather.comp (register blocking, subgroup broadcast) on CPU
 // devices, conv_gather_tiled.comp (shared memory) elsewhere.
 func chooseConvGather(info vk.DeviceInfo, m int) convGatherKernel {
-	if !cpuKernels(info) {
+	if !cpuKernels(info) || !texelSegments(info) {
 		bm, bk, tile := 64, 16, 4
 		if info.MaxWorkgroupSize > 0 && info.MaxWorkgroupSize < 256 {
 			bm = 32
@@ -652,7 +654,7 @@ func chooseConvGather(info vk.DeviceInfo, m int) convGatherKernel {
 	}
 	return convGatherKernel{
 		name:  "conv_gather",
-		spec:  []uint32{uint32(wg), uint32(tm), uint32(tn), bcast},
+		spec:  []uint32{uint32(wg), uint32(tm), uint32(tn), bcast, convCPUChannelSteps},
 		tileP: tm, tileM: wg * tn,
 		maxC: convCPUMaxC,
 	}
@@ -898,6 +900,11 @@ func (g *convGatherPass) dispatch(s *vk.Stream, k convGatherKernel, b box) error
 		I32(g.oh0+b.lo[cgDimRows]*g.sh+b.lo[cgDimTapH]*g.dth, g.ow0+b.lo[cgDimTapW]*g.dtw, g.dth, g.dtw).
 		I32(b.size(cgDimTapH), b.size(cgDimTapW), g.wsh, g.wsw).
 		U32(flags, uint32(shift), uint32(tilesP))
+	if k.name == "conv_gather" {
+		// The CPU kernel reads the input and the weights through texel
+		// views (see gemm.comp for why).
+		return Launch(s, k.name, k.spec, Grid(tilesP*tilesM), p, outArg, bArg, inArg.Texel(1), wArg.Texel(4))
+	}
 	return Launch(s, k.name, k.spec, Grid(tilesP*tilesM), p, inArg, wArg, outArg, bArg)
 }
 

@@ -174,13 +174,15 @@ const (
 	// pieces that add to C. That keeps llvmpipe's loops below its limit of
 	// 65535 iterations and blocks the float32 sum.
 	gemmCPUMaxK = 4096
+	// Steps of K per iteration of gemm.comp's loop (see the shader).
+	gemmCPUKSteps = 4
 )
 
 // chooseGemmKernel picks the kernel and tile sizes for a device and an
 // m x n output: on CPU devices the register-blocked gemm.comp with tiles
 // shrunk for thin matrices, elsewhere the shared-memory gemm_tiled.comp.
 func chooseGemmKernel(info vk.DeviceInfo, m, n int) gemmKernel {
-	if !cpuKernels(info) {
+	if !cpuKernels(info) || !texelSegments(info) {
 		return gpuGemmKernel(info)
 	}
 	// The broadcast of A's rows is written for 8-wide subgroups, llvmpipe's
@@ -202,11 +204,18 @@ func chooseGemmKernel(info vk.DeviceInfo, m, n int) gemmKernel {
 	}
 	return gemmKernel{
 		name: "gemm",
-		// The last two constants (BV4, BK4) are set per dispatch.
-		spec:  []uint32{uint32(wg), uint32(tm), uint32(tn), bcast, 0, 0},
+		// BV4 and BK4 (constants 4 and 5) are set per dispatch.
+		spec:  []uint32{uint32(wg), uint32(tm), uint32(tn), bcast, 0, 0, gemmCPUKSteps},
 		tileM: tm, tileN: wg * tn,
 		maxK: gemmCPUMaxK,
 	}
+}
+
+// texelSegments reports whether a texel view can cover any buffer segment
+// of the device, as the CPU kernels' texel reads need (every device allows
+// 65536 texels; lavapipe and GPUs allow hundreds of millions).
+func texelSegments(info vk.DeviceInfo) bool {
+	return info.MaxTexelElements >= info.MaxStorageBufferRange/4
 }
 
 // gpuGemmKernel configures gemm_tiled.comp: a 64x64 output tile per
@@ -414,7 +423,7 @@ func (p *gemmProblem) dispatch(s *vk.Stream, k gemmKernel, bx box, z0, nz int, a
 	groups := Grid(tilesM * tilesN)
 	groups[2] = uint32(nz)
 	spec := k.spec
-	if k.name == "gemm" && len(spec) == 6 {
+	if k.name == "gemm" {
 		// Read B as vec4 along N (BV4) or along K (BK4) where every vec4
 		// is aligned.
 		spec = append([]uint32(nil), spec...)
@@ -426,6 +435,14 @@ func (p *gemmProblem) dispatch(s *vk.Stream, k gemmKernel, bx box, z0, nz int, a
 		case aligned && p.b.s0 == 1 && p.b.s1%4 == 0 && kp%4 == 0:
 			spec[5] = 1
 		}
+	}
+	if k.name == "gemm" {
+		// The CPU kernel reads A and B through texel views (see gemm.comp).
+		comps := 1
+		if spec[4] != 0 || spec[5] != 0 {
+			comps = 4
+		}
+		args = []vk.Arg{args[2], args[0].Texel(1), args[1].Texel(comps)}
 	}
 	pc := Push{}.U32(uint32(mp), uint32(np), uint32(kp)).U32(offs...).
 		I32(p.a.s0, p.a.s1, p.b.s0, p.b.s1, p.c.s0, p.c.s1).

@@ -49,7 +49,7 @@ func BenchmarkGemm(b *testing.B) {
 // device at M x N x K (GEMM_SHAPE, default 1024x1024x1024), timing them
 // round-robin in one process, as a shared machine's noise demands, and
 // reporting each one's median GFLOP/s and its pipeline build time. Variants
-// come from GEMM_VARIANTS: "wg,tm,tn,bcast[,mode];..." (spec constants).
+// come from GEMM_VARIANTS: "wg,tm,tn,bcast[,ksteps];..." (spec constants).
 //
 //	GEMM_VARIANTS='8,24,16,1;8,8,32,0' go test ./layers -run '^$' -bench GemmVariants
 func BenchmarkGemmVariants(b *testing.B) {
@@ -77,9 +77,9 @@ func BenchmarkGemmVariants(b *testing.B) {
 			}
 			f = append(f, uint32(u))
 		}
-		spec := append(f[:4:4], 0, 0)
+		spec := append(f[:4:4], 0, 0, gemmCPUKSteps)
 		if len(f) > 4 {
-			spec = append(spec, f[4:]...)
+			spec[6] = f[4] // steps of K per iteration
 		}
 		kerns = append(kerns, gemmKernel{name: "gemm", spec: spec, tileM: int(f[1]), tileN: int(f[0] * f[2]), maxK: gemmCPUMaxK})
 	}

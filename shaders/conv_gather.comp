@@ -5,17 +5,18 @@
 // columns and (tap, channel) as the sum; see include/conv_gather.glsl for
 // the exact sum.
 //
-// Register blocking without shared memory, as in gemm.comp: a workgroup is
-// one 8-wide subgroup computing TM pixels by WG*TN output channels. The
-// operands take the roles that make llvmpipe's loads cheap: the weights,
-// rearranged by conv_wtrans.comp so that the output channels are contiguous
-// (and padded to a multiple of 4), are the per-lane operand, read as vec4;
-// the input pixels are the broadcast operand, lane l loading pixel 8q+l and
-// subgroupBroadcast handing it to every lane (see gemm.comp for why). The
+// Register blocking without shared memory, as in gemm.comp (which explains
+// the llvmpipe costs behind each choice): a workgroup is one 8-wide subgroup
+// computing TM pixels by WG*TN output channels. The operands are read through
+// texel buffers and take the roles that make llvmpipe's reads cheap: the
+// weights, rearranged by conv_wtrans.comp so that the output channels are
+// contiguous (and padded to a multiple of 4), are the per-lane operand,
+// fetched as vec4; the input pixels are the broadcast operand, lane l
+// fetching pixel 8q+l and subgroupBroadcast handing it to every lane. The
 // taps are the outer loops: a pixel's position, and whether it lies in the
 // padding, is worked out once per tap, and the inner loop over channels is
-// a plain strided GEMM step (one masked load per 8 pixels, TN/4 vec4 loads,
-// TM*TN multiply-adds).
+// a plain strided GEMM step, CU channels per iteration so that each
+// accumulator is written once per CU channels.
 //
 // llvmpipe ends any loop after 65535 iterations: the host keeps C below that.
 #extension GL_EXT_control_flow_attributes : enable
@@ -28,12 +29,13 @@ layout(constant_id = 0) const uint WG = 8;       // invocations per workgroup
 layout(constant_id = 1) const uint TM = 16;      // pixels per workgroup
 layout(constant_id = 2) const uint TN = 8;       // output channels per invocation, a multiple of 4
 layout(constant_id = 3) const bool BCAST = true; // needs WG == subgroup size == 8, TM % 8 == 0
+layout(constant_id = 4) const uint CU = 4;       // channels per iteration
 layout(local_size_x_id = 0) in;
 
-layout(binding = 0) readonly buffer In { float x[]; };
-layout(binding = 1) readonly buffer Wt { vec4 w4[]; };
-layout(binding = 2) buffer Out { float y[]; };
-layout(binding = 3) readonly buffer Bias { float bias[]; };
+layout(binding = 0) buffer Out { float y[]; };
+layout(binding = 1) readonly buffer Bias { float bias[]; };
+layout(binding = 8) uniform textureBuffer In; // float texels
+layout(binding = 9) uniform textureBuffer Wt; // vec4 texels
 
 // Pixels a lane loads: TM/8 with the broadcast, all TM without.
 const uint QN = BCAST ? TM / 8 : TM;
@@ -92,29 +94,42 @@ void main() {
 				amask[q] = ok ? 1.0 : 0.0;
 			}
 			const uint wtap = (th * WSH + tw * WSW) / 4;
-			for (uint c = 0; c < c_; c++) {
-				vec4 bv[TN / 4];
-				[[unroll]] for (uint jq = 0; jq < TN / 4; jq++) {
-					bv[jq] = w4[wcol[jq] + wtap + c * wsc4];
+			for (uint c = 0; c < c_; c += CU) {
+				// Channels past C read as zeros in both operands.
+				vec4 bv[CU][TN / 4];
+				[[unroll]] for (uint u = 0; u < CU; u++) {
+					[[unroll]] for (uint jq = 0; jq < TN / 4; jq++) {
+						bv[u][jq] = c + u < c_ ? texelFetch(Wt, int(wcol[jq] + wtap + (c + u) * wsc4)) : vec4(0.0);
+					}
 				}
 				[[unroll]] for (uint q = 0; q < QN; q++) {
-					const float av = x[abase[q] + c * sinc] * amask[q];
+					float av[CU];
+					[[unroll]] for (uint u = 0; u < CU; u++) {
+						av[u] = c + u < c_ ? texelFetch(In, int(abase[q] + (c + u) * sinc)).x * amask[q] : 0.0;
+					}
 					if (BCAST) {
 #define ROW(L) { \
-	const float s = subgroupBroadcast(av, L); \
+	float s[CU]; \
+	[[unroll]] for (uint u = 0; u < CU; u++) { s[u] = subgroupBroadcast(av[u], L); } \
 	[[unroll]] for (uint jq = 0; jq < TN / 4; jq++) { \
-		acc[8 * q + L][4 * jq] += s * bv[jq].x; \
-		acc[8 * q + L][4 * jq + 1] += s * bv[jq].y; \
-		acc[8 * q + L][4 * jq + 2] += s * bv[jq].z; \
-		acc[8 * q + L][4 * jq + 3] += s * bv[jq].w; } }
+		vec4 t = s[0] * bv[0][jq]; \
+		[[unroll]] for (uint u = 1; u < CU; u++) { t += s[u] * bv[u][jq]; } \
+		acc[8 * q + L][4 * jq] += t.x; \
+		acc[8 * q + L][4 * jq + 1] += t.y; \
+		acc[8 * q + L][4 * jq + 2] += t.z; \
+		acc[8 * q + L][4 * jq + 3] += t.w; } }
 						ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7)
 #undef ROW
 					} else {
 						[[unroll]] for (uint jq = 0; jq < TN / 4; jq++) {
-							acc[q][4 * jq] += av * bv[jq].x;
-							acc[q][4 * jq + 1] += av * bv[jq].y;
-							acc[q][4 * jq + 2] += av * bv[jq].z;
-							acc[q][4 * jq + 3] += av * bv[jq].w;
+							vec4 t = av[0] * bv[0][jq];
+							[[unroll]] for (uint u = 1; u < CU; u++) {
+								t += av[u] * bv[u][jq];
+							}
+							acc[q][4 * jq] += t.x;
+							acc[q][4 * jq + 1] += t.y;
+							acc[q][4 * jq + 2] += t.z;
+							acc[q][4 * jq + 3] += t.w;
 						}
 					}
 				}

@@ -7,16 +7,24 @@
 //
 // Register blocking without shared memory. A workgroup computes TM rows by
 // WG*TN columns; invocation i owns columns i, i+WG, i+2*WG, ... so that the
-// lanes of a subgroup read neighbouring elements of B. llvmpipe (Mesa 22.3)
-// turns every SSBO load into a loop over the lanes, with a bounds check per
-// lane, and it implements cross-lane operations with such loops as well; the
-// cost of a GEMM is the number of those loops per multiply-add. Each lane
-// loads TN values of B per step of K, which serve TM rows. A's values are the
-// same for every lane: with BCAST, lane l loads row 8q+l and
-// subgroupBroadcast hands each row to all lanes (a broadcast costs about a
-// third of a load on llvmpipe); without it (subgroups other than 8 wide) all
-// lanes load the same element. Barriers and shared memory cost more than they
-// save on llvmpipe; gemm_tiled.comp is the GPU kernel.
+// lanes of a subgroup read neighbouring elements of B. What llvmpipe makes
+// of this decides the speed (read from its generated code, GALLIVM_DEBUG=asm):
+// - A and B are read through uniform texel buffers: llvmpipe compiles a
+//   storage-buffer load into one scalar load per lane, each behind a branch
+//   on the lane's mask and one on the buffer's bound, but a texel fetch into
+//   branch-free vector code (a vec4 fetch: eight 16-byte loads and a
+//   transpose). B is fetched as vec4 along N (BV4) or along K (BK4) where
+//   the layout allows.
+// - A's values are the same for every lane: with BCAST, lane l fetches row
+//   8q+l and subgroupBroadcast hands each row to all lanes; without it
+//   (subgroups other than 8 wide) all lanes fetch the same element.
+// - The accumulators (TM*TN vectors) live on the stack, and every write to
+//   a variable inside a loop is blended with the loop's mask: a write costs
+//   a load, a blend and a store besides the multiply and add. So each
+//   iteration covers KU steps of K and writes each accumulator once, with
+//   the KU products summed first.
+// Barriers and shared memory cost more than they save on llvmpipe;
+// gemm_tiled.comp is the GPU kernel.
 //
 // llvmpipe ends any loop after 65535 iterations, so the host cuts long K into
 // several dispatches (which also blocks the float32 sum).
@@ -26,24 +34,23 @@
 #include "common.glsl"
 
 layout(constant_id = 0) const uint WG = 8;       // invocations per workgroup
-layout(constant_id = 1) const uint TM = 24;      // rows per workgroup
+layout(constant_id = 1) const uint TM = 16;      // rows per workgroup
 layout(constant_id = 2) const uint TN = 16;      // columns per invocation
 layout(constant_id = 3) const bool BCAST = true; // needs WG == subgroup size == 8, TM % 8 == 0
-// BV4: B is read as vec4 along N: invocation i owns column groups 4i..4i+3,
-// 4i+4*WG..., which llvmpipe loads with a quarter of the per-lane overhead.
-// Needs TN % 4 == 0, B's unit stride along N, and boff, sbk, sbz and N all
-// multiples of 4 (the host checks).
+// BV4: B is fetched as vec4 along N: invocation i owns column groups
+// 4i..4i+3, 4i+4*WG, ... Needs TN % 4 == 0, B's unit stride along N, and
+// boff, sbk, sbz and N all multiples of 4 (the host checks).
 layout(constant_id = 4) const bool BV4 = false;
-// BK4: B is read as vec4 along K (B's unit stride along K, as a transposed
-// B has), K advancing 4 per iteration. Needs boff, sbn, sbz and K all
-// multiples of 4 (the host checks).
+// BK4: B is fetched as vec4 along K (B's unit stride along K, as a
+// transposed B has). Needs boff, sbn, sbz and K all multiples of 4.
 layout(constant_id = 5) const bool BK4 = false;
+// KU: steps of K per iteration (4 with BK4: one vec4 of B).
+layout(constant_id = 6) const uint KU = 4;
 layout(local_size_x_id = 0) in;
 
-layout(binding = 0) readonly buffer A { float a[]; };
-layout(binding = 1) readonly buffer B { float b[]; };
-layout(binding = 1) readonly buffer B4 { vec4 b4[]; }; // the same buffer, for BV4 and BK4
-layout(binding = 2) buffer C { float c[]; };
+layout(binding = 0) buffer C { float c[]; };
+layout(binding = 8) uniform textureBuffer A;  // float texels
+layout(binding = 9) uniform textureBuffer B;  // float texels, vec4 with BV4 or BK4
 
 layout(push_constant) uniform Push {
 	uint M, N, K;         // extent of this piece
@@ -64,6 +71,10 @@ uint column(uint tn, uint lane, uint j) {
 	return tn * WG * TN + lane + j * WG;
 }
 
+float fetchA(uint i) {
+	return texelFetch(A, int(i)).x;
+}
+
 void main() {
 	// Read the push constants once: llvmpipe reloads them at every use.
 	const uint m_ = M, n_ = N, k_ = K, tiles = tilesM;
@@ -76,9 +87,8 @@ void main() {
 		return; // surplus workgroup of the 2-D grid
 	}
 
-	// Base index of the rows of A and columns of B; rows and columns past the
-	// edge are clamped (read, computed, never stored). With BV4, bbase holds
-	// vec4 indices of the column groups.
+	// Texel index of the columns of B; columns past the edge are clamped
+	// (read, computed, never stored). BV4 and BK4 count vec4 texels.
 	uint bbase[TN];
 	[[unroll]] for (uint j = 0; j < TN; j++) {
 		if (BV4) {
@@ -90,6 +100,15 @@ void main() {
 		}
 	}
 	const uint sbk4 = sbk_ / 4;
+	// Rows of A this lane fetches: with BCAST one per group of 8 rows (row
+	// 8q + lane), else every row (the same for all lanes). Rows past the
+	// edge are clamped like B's columns.
+	const uint NA = BCAST ? (TM + 7) / 8 : TM;
+	uint abase[NA];
+	[[unroll]] for (uint q = 0; q < NA; q++) {
+		const uint row = BCAST ? 8 * q + gl_SubgroupInvocationID : q;
+		abase[q] = aoff + z * saz + min(tm * TM + row, m_ - 1) * sam;
+	}
 	float acc[TM][TN];
 	[[unroll]] for (uint i = 0; i < TM; i++) {
 		[[unroll]] for (uint j = 0; j < TN; j++) {
@@ -97,69 +116,59 @@ void main() {
 		}
 	}
 
-	// One step of K: the B values of this lane's columns at k + kk into bv.
-#define LOAD_B(k, kk) \
-	float bv[TN]; \
-	if (BK4) { \
-		[[unroll]] for (uint j = 0; j < TN; j++) { bv[j] = bq[j][kk]; } \
-	} else if (BV4) { \
-		[[unroll]] for (uint j = 0; j < TN; j += 4) { \
-			const vec4 v = b4[bbase[j] + (k + kk) * sbk4]; \
-			bv[j] = v.x; bv[j + 1] = v.y; bv[j + 2] = v.z; bv[j + 3] = v.w; \
-		} \
-	} else { \
-		[[unroll]] for (uint j = 0; j < TN; j++) { bv[j] = b[bbase[j] + (k + kk) * sbk_]; } \
-	}
-	const uint KS = BK4 ? 4 : 1;
-
-	if (BCAST) {
-		uint abase[(TM + 7) / 8]; // (TM + 7) / 8: no empty array where BCAST is off
-		[[unroll]] for (uint q = 0; q < TM / 8; q++) {
-			abase[q] = aoff + z * saz + min(tm * TM + 8 * q + gl_SubgroupInvocationID, m_ - 1) * sam;
-		}
-		for (uint k = 0; k < k_; k += KS) {
-			vec4 bq[TN];
+	for (uint k = 0; k < k_; k += KU) {
+		// B at steps k .. k+KU-1 of this lane's columns; steps past K are
+		// zeros in A and B (so a non-finite value cannot leak into them).
+		float bv[KU][TN];
+		[[unroll]] for (uint u = 0; u < KU; u++) {
+			const bool in_k = k + u < k_;
 			if (BK4) {
-				[[unroll]] for (uint j = 0; j < TN; j++) {
-					bq[j] = b4[bbase[j] + k / 4];
-				}
-			}
-			[[unroll]] for (uint kk = 0; kk < KS; kk++) {
-				LOAD_B(k, kk)
-				[[unroll]] for (uint q = 0; q < TM / 8; q++) {
-					const float av = a[abase[q] + (k + kk) * sak_];
-#define ROW(L) { \
-	const float x = subgroupBroadcast(av, L); \
-	[[unroll]] for (uint j = 0; j < TN; j++) { acc[8 * q + L][j] += x * bv[j]; } }
-					ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7)
-#undef ROW
-				}
-			}
-		}
-	} else {
-		uint abase[TM];
-		[[unroll]] for (uint i = 0; i < TM; i++) {
-			abase[i] = aoff + z * saz + min(tm * TM + i, m_ - 1) * sam;
-		}
-		for (uint k = 0; k < k_; k += KS) {
-			vec4 bq[TN];
-			if (BK4) {
-				[[unroll]] for (uint j = 0; j < TN; j++) {
-					bq[j] = b4[bbase[j] + k / 4];
-				}
-			}
-			[[unroll]] for (uint kk = 0; kk < KS; kk++) {
-				LOAD_B(k, kk)
-				[[unroll]] for (uint i = 0; i < TM; i++) {
-					const float av = a[abase[i] + (k + kk) * sak_];
+				if (u == 0) {
+					// One vec4 along K covers all KU (== 4) steps.
 					[[unroll]] for (uint j = 0; j < TN; j++) {
-						acc[i][j] += av * bv[j];
+						const vec4 v = texelFetch(B, int(bbase[j] + k / 4));
+						bv[0][j] = v.x; bv[1][j] = v.y; bv[2][j] = v.z; bv[3][j] = v.w;
 					}
 				}
+			} else if (BV4) {
+				[[unroll]] for (uint j = 0; j < TN; j += 4) {
+					const vec4 v = in_k ? texelFetch(B, int(bbase[j] + (k + u) * sbk4)) : vec4(0.0);
+					bv[u][j] = v.x; bv[u][j + 1] = v.y; bv[u][j + 2] = v.z; bv[u][j + 3] = v.w;
+				}
+			} else {
+				[[unroll]] for (uint j = 0; j < TN; j++) {
+					bv[u][j] = in_k ? texelFetch(B, int(bbase[j] + (k + u) * sbk_)).x : 0.0;
+				}
+			}
+		}
+		[[unroll]] for (uint q = 0; q < NA; q++) {
+			float av[KU];
+			[[unroll]] for (uint u = 0; u < KU; u++) {
+				av[u] = k + u < k_ ? fetchA(abase[q] + (k + u) * sak_) : 0.0;
+			}
+			if (BCAST) {
+				// subgroupBroadcast takes a constant lane: one macro per lane.
+#define ROW(L) { \
+	float x[KU]; \
+	[[unroll]] for (uint u = 0; u < KU; u++) { x[u] = subgroupBroadcast(av[u], L); } \
+	[[unroll]] for (uint j = 0; j < TN; j++) { \
+		float s = x[0] * bv[0][j]; \
+		[[unroll]] for (uint u = 1; u < KU; u++) { s += x[u] * bv[u][j]; } \
+		acc[8 * q + L][j] += s; \
+	} }
+				ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7)
+#undef ROW
+			} else {
+				[[unroll]] for (uint j = 0; j < TN; j++) {
+					float s = av[0] * bv[0][j];
+					[[unroll]] for (uint u = 1; u < KU; u++) {
+						s += av[u] * bv[u][j];
+					}
+					acc[q][j] += s;
+				}
 			}
 		}
 	}
-#undef LOAD_B
 
 	const float alpha_ = alpha, beta_ = beta;
 	const uint cbase = coff + z * scz;

@@ -75,6 +75,7 @@ type Arg struct {
 	buf   *Buffer
 	seg   int
 	write bool
+	texel int // components of a texel view (1 or 4; see Arg.Texel), 0 for a storage buffer
 }
 
 // Locate finds the segment holding bytes [off, off+n) of the buffer. It

@@ -71,6 +71,22 @@ static void e2_bind_buffers(VkDevice dev, VkDescriptorSet set, uint32_t n,
 	f(dev, n, w, 0, NULL);
 }
 
+static VkResult e2_create_texel_view(VkDevice dev, VkBuffer buf, VkFormat format, VkDeviceSize off, VkDeviceSize size, VkBufferView *out) {
+	PFN_vkCreateBufferView f = (PFN_vkCreateBufferView)e2_sym("vkCreateBufferView");
+	if (!f) return VK_ERROR_INITIALIZATION_FAILED;
+	VkBufferViewCreateInfo ci = {VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO, NULL, 0, buf, format, off, size};
+	return f(dev, &ci, NULL, out);
+}
+
+// e2_bind_texel writes uniform-texel-buffer binding b of set.
+static void e2_bind_texel(VkDevice dev, VkDescriptorSet set, uint32_t b, VkBufferView view) {
+	static PFN_vkUpdateDescriptorSets f;
+	if (!f) f = (PFN_vkUpdateDescriptorSets)e2_sym("vkUpdateDescriptorSets");
+	VkWriteDescriptorSet w = {VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, NULL, set, b, 0, 1,
+		VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER, NULL, NULL, &view};
+	f(dev, 1, &w, 0, NULL);
+}
+
 static void e2_memory_barrier(VkCommandBuffer cmd, VkPipelineStageFlags src, VkPipelineStageFlags dst,
 		VkAccessFlags srcAccess, VkAccessFlags dstAccess) {
 	static PFN_vkCmdPipelineBarrier f;
@@ -124,6 +140,17 @@ func bindBuffers(d vulkan.Device, set vulkan.DescriptorSet, bufs []vulkan.Buffer
 	}
 	C.e2_bind_buffers(cDevice(d), C.VkDescriptorSet(unsafe.Pointer(set)), C.uint32_t(len(bufs)),
 		(*C.VkBuffer)(unsafe.Pointer(&bufs[0])), (*C.VkDeviceSize)(unsafe.Pointer(&offs[0])), (*C.VkDeviceSize)(unsafe.Pointer(&sizes[0])))
+}
+
+func createTexelView(d vulkan.Device, buf vulkan.Buffer, format vulkan.Format, off, size int64) (vulkan.BufferView, vulkan.Result) {
+	var v C.VkBufferView
+	r := C.e2_create_texel_view(cDevice(d), C.VkBuffer(unsafe.Pointer(buf)), C.VkFormat(format), C.VkDeviceSize(off), C.VkDeviceSize(size), &v)
+	return vulkan.BufferView(unsafe.Pointer(v)), vulkan.Result(r)
+}
+
+// bindTexel points binding b of set at a uniform texel buffer view.
+func bindTexel(d vulkan.Device, set vulkan.DescriptorSet, b uint32, view vulkan.BufferView) {
+	C.e2_bind_texel(cDevice(d), C.VkDescriptorSet(unsafe.Pointer(set)), C.uint32_t(b), C.VkBufferView(unsafe.Pointer(view)))
 }
 
 func memoryBarrier(cmd vulkan.CommandBuffer, src, dst vulkan.PipelineStageFlagBits, srcAccess, dstAccess vulkan.AccessFlagBits) {

@@ -13,6 +13,14 @@ import (
 // layout every kernel shares; a kernel uses bindings 0..n-1 of it.
 const MaxBindings = 8
 
+// TexelBinding is the first of MaxTexelBindings uniform-texel-buffer
+// bindings that follow the storage buffers in the shared layout; a shader
+// declares them as `layout(binding = 8) uniform textureBuffer` and so on.
+const TexelBinding = MaxBindings
+
+// MaxTexelBindings is the number of texel-buffer bindings in the layout.
+const MaxTexelBindings = 4
+
 // PushConstantBytes is the push-constant block every kernel may use: 128 bytes
 // is the least any Vulkan device guarantees.
 const PushConstantBytes = 128
@@ -122,11 +130,15 @@ func computeQueueFamily(pd vulkan.PhysicalDevice) (uint32, error) {
 }
 
 func (d *Device) createLayouts() error {
-	bindings := make([]vulkan.DescriptorSetLayoutBinding, MaxBindings)
+	bindings := make([]vulkan.DescriptorSetLayoutBinding, MaxBindings+MaxTexelBindings)
 	for i := range bindings {
+		typ := vulkan.DescriptorTypeStorageBuffer
+		if i >= MaxBindings {
+			typ = vulkan.DescriptorTypeUniformTexelBuffer
+		}
 		bindings[i] = vulkan.DescriptorSetLayoutBinding{
 			Binding:         uint32(i),
-			DescriptorType:  vulkan.DescriptorTypeStorageBuffer,
+			DescriptorType:  typ,
 			DescriptorCount: 1,
 			StageFlags:      vulkan.ShaderStageFlags(vulkan.ShaderStageComputeBit),
 		}
@@ -134,7 +146,7 @@ func (d *Device) createLayouts() error {
 	var sl vulkan.DescriptorSetLayout
 	if r := vulkan.CreateDescriptorSetLayout(d.handle, &vulkan.DescriptorSetLayoutCreateInfo{
 		SType:        vulkan.StructureTypeDescriptorSetLayoutCreateInfo,
-		BindingCount: MaxBindings,
+		BindingCount: uint32(len(bindings)),
 		PBindings:    bindings,
 	}, nil, &sl); r != vulkan.Success {
 		return fmt.Errorf("create descriptor set layout: %w", resultError(r))

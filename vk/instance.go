@@ -45,6 +45,7 @@ type DeviceInfo struct {
 	MaxWorkgroupSize      uint32   `json:"max_workgroup_invocations"`
 	MaxPushConstants      uint32   `json:"max_push_constants"`
 	StorageOffsetAlign    int64    `json:"min_storage_buffer_offset_alignment"`
+	MaxTexelElements      int64    `json:"max_texel_buffer_elements"`
 	TimestampPeriodNs     float32  `json:"timestamp_period_ns"`
 	Float16               bool     `json:"shader_float16"`
 	Int8                  bool     `json:"shader_int8"`
@@ -122,6 +123,7 @@ func describe(inst vulkan.Instance, pd vulkan.PhysicalDevice, index int) DeviceI
 		MaxWorkgroupSize:      p.Limits.MaxComputeWorkGroupInvocations,
 		MaxPushConstants:      p.Limits.MaxPushConstantsSize,
 		StorageOffsetAlign:    int64(p.Limits.MinStorageBufferOffsetAlignment),
+		MaxTexelElements:      int64(p.Limits.MaxTexelBufferElements),
 		TimestampPeriodNs:     p.Limits.TimestampPeriod,
 		Float16:               c.float16,
 		Int8:                  c.int8,

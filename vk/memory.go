@@ -80,7 +80,8 @@ func newAllocator(d *Device) (*allocator, error) {
 
 func (a *allocator) createBuffer(size int64) (vulkan.Buffer, vulkan.MemoryRequirements, error) {
 	var buf vulkan.Buffer
-	usage := vulkan.BufferUsageStorageBufferBit | vulkan.BufferUsageTransferSrcBit | vulkan.BufferUsageTransferDstBit
+	// Uniform texel: kernels may read any buffer through a texel view (texel.go).
+	usage := vulkan.BufferUsageStorageBufferBit | vulkan.BufferUsageUniformTexelBufferBit | vulkan.BufferUsageTransferSrcBit | vulkan.BufferUsageTransferDstBit
 	if r := vulkan.CreateBuffer(a.dev.handle, &vulkan.BufferCreateInfo{
 		SType:       vulkan.StructureTypeBufferCreateInfo,
 		Size:        vulkan.DeviceSize(size),

@@ -138,10 +138,18 @@ func (s *Stream) barrier(src, dst vulkan.PipelineStageFlagBits) {
 }
 
 // Dispatch records kernel k over groups workgroups with push constants push
-// (at most PushConstantBytes) and args bound to bindings 0, 1, ...
+// (at most PushConstantBytes) and args bound in order: storage-buffer args
+// to bindings 0, 1, ... and texel args (Arg.Texel) to TexelBinding,
+// TexelBinding+1, ...
 func (s *Stream) Dispatch(k *Kernel, groups [3]uint32, push []byte, args ...Arg) error {
-	if len(args) > MaxBindings {
-		return fmt.Errorf("dispatch %s: %d bindings, at most %d", k.name, len(args), MaxBindings)
+	nt := 0
+	for _, a := range args {
+		if a.texel != 0 {
+			nt++
+		}
+	}
+	if len(args)-nt > MaxBindings || nt > MaxTexelBindings {
+		return fmt.Errorf("dispatch %s: %d storage and %d texel bindings, at most %d and %d", k.name, len(args)-nt, nt, MaxBindings, MaxTexelBindings)
 	}
 	if len(push) > PushConstantBytes {
 		return fmt.Errorf("dispatch %s: %d bytes of push constants, at most %d", k.name, len(push), PushConstantBytes)
@@ -162,10 +170,22 @@ func (s *Stream) Dispatch(k *Kernel, groups [3]uint32, push []byte, args ...Arg)
 	}
 	var bufs [MaxBindings]vulkan.Buffer
 	var offs, sizes [MaxBindings]uint64
+	var views [MaxTexelBindings]vulkan.BufferView
+	nb, nt := 0, 0
 	hazard := false
-	for i, a := range args {
+	for _, a := range args {
 		blk, off, size := a.region()
-		bufs[i], offs[i], sizes[i] = blk.buf, uint64(off), uint64(size)
+		if a.texel != 0 {
+			v, err := s.texelView(a)
+			if err != nil {
+				return fmt.Errorf("dispatch %s: %w", k.name, err)
+			}
+			views[nt] = v
+			nt++
+		} else {
+			bufs[nb], offs[nb], sizes[nb] = blk.buf, uint64(off), uint64(size)
+			nb++
+		}
 		r := region{blk, off, size}
 		for _, w := range s.written {
 			hazard = hazard || w.overlaps(r)
@@ -187,7 +207,10 @@ func (s *Stream) Dispatch(k *Kernel, groups [3]uint32, push []byte, args ...Arg)
 			s.read = append(s.read, region{blk, off, size})
 		}
 	}
-	bindBuffers(s.dev.handle, set, bufs[:len(args)], offs[:len(args)], sizes[:len(args)])
+	bindBuffers(s.dev.handle, set, bufs[:nb], offs[:nb], sizes[:nb])
+	for i, v := range views[:nt] {
+		bindTexel(s.dev.handle, set, uint32(TexelBinding+i), v)
+	}
 	vulkan.CmdBindPipeline(s.cmd, vulkan.PipelineBindPointCompute, k.pipeline)
 	vulkan.CmdBindDescriptorSets(s.cmd, vulkan.PipelineBindPointCompute, s.dev.pipeLayout, 0, 1,
 		[]vulkan.DescriptorSet{set}, 0, nil)
@@ -206,9 +229,11 @@ func (s *Stream) descriptorSet() (vulkan.DescriptorSet, error) {
 		if r := vulkan.CreateDescriptorPool(s.dev.handle, &vulkan.DescriptorPoolCreateInfo{
 			SType:         vulkan.StructureTypeDescriptorPoolCreateInfo,
 			MaxSets:       setsPerPool,
-			PoolSizeCount: 1,
-			PPoolSizes: []vulkan.DescriptorPoolSize{{
-				Type: vulkan.DescriptorTypeStorageBuffer, DescriptorCount: setsPerPool * MaxBindings}},
+			PoolSizeCount: 2,
+			PPoolSizes: []vulkan.DescriptorPoolSize{
+				{Type: vulkan.DescriptorTypeStorageBuffer, DescriptorCount: setsPerPool * MaxBindings},
+				{Type: vulkan.DescriptorTypeUniformTexelBuffer, DescriptorCount: setsPerPool * MaxTexelBindings},
+			},
 		}, nil, &p); r != vulkan.Success {
 			return nil, fmt.Errorf("create descriptor pool: %w", resultError(r))
 		}
