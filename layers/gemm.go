@@ -174,8 +174,11 @@ const (
 	// pieces that add to C. That keeps llvmpipe's loops below its limit of
 	// 65535 iterations and blocks the float32 sum.
 	gemmCPUMaxK = 4096
-	// Steps of K per iteration of gemm.comp's loop (see the shader).
-	gemmCPUKSteps = 4
+	// Steps of K per iteration of gemm.comp's loop (see the shader): at
+	// 1024^3 on Mesa 25 (BenchmarkGemmVariants, medians of 7 round-robin
+	// runs, GFLOP/s) 2 steps 59.6, 4 steps 56.2, 1 step 50.0 (no texel
+	// reads, the kernel before: about 45).
+	gemmCPUKSteps = 2
 )
 
 // chooseGemmKernel picks the kernel and tile sizes for a device and an
@@ -434,6 +437,7 @@ func (p *gemmProblem) dispatch(s *vk.Stream, k gemmKernel, bx box, z0, nz int, a
 			spec[4] = 1
 		case aligned && p.b.s0 == 1 && p.b.s1%4 == 0 && kp%4 == 0:
 			spec[5] = 1
+			spec[6] = 4 // one vec4 of B along K covers four steps
 		}
 	}
 	if k.name == "gemm" {

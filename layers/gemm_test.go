@@ -192,15 +192,17 @@ func TestGemm(t *testing.T) {
 }
 
 // TestGemmVariants runs the kernels the test device would not choose: the
-// GPU kernel (gemm_tiled.comp) and gemm.comp without the subgroup broadcast
-// (CPU devices whose subgroups are not 8 wide), so that both are checked
-// where no such device is at hand.
+// GPU kernel (gemm_tiled.comp), gemm.comp without the subgroup broadcast
+// (CPU devices whose subgroups are not 8 wide), and gemm.comp with other
+// steps of K per iteration (1, 3 and 4: the K extents below leave every
+// remainder), so that all are checked where no such device is at hand.
 func TestGemmVariants(t *testing.T) {
 	for _, dev := range testDevices(t) {
 		for _, k := range []gemmKernel{
 			gpuGemmKernel(dev.dev.Info),
-			{name: "gemm", spec: []uint32{8, 4, 2, 0, 0, 0}, tileM: 4, tileN: 16, maxK: 8},
-			{name: "gemm", spec: []uint32{8, 16, 4, 0, 0, 0}, tileM: 16, tileN: 32, maxK: 16},
+			{name: "gemm", spec: []uint32{8, 4, 2, 0, 0, 0, 1}, tileM: 4, tileN: 16, maxK: 8},
+			{name: "gemm", spec: []uint32{8, 16, 4, 0, 0, 0, 4}, tileM: 16, tileN: 32, maxK: 16},
+			{name: "gemm", spec: []uint32{8, 8, 4, 1, 0, 0, 3}, tileM: 8, tileN: 32},
 		} {
 			for _, c := range []gemmCase{
 				{m: 1, n: 1, k: 1, alpha: 1},

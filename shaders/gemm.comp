@@ -44,7 +44,7 @@ layout(constant_id = 4) const bool BV4 = false;
 // BK4: B is fetched as vec4 along K (B's unit stride along K, as a
 // transposed B has). Needs boff, sbn, sbz and K all multiples of 4.
 layout(constant_id = 5) const bool BK4 = false;
-// KU: steps of K per iteration (4 with BK4: one vec4 of B).
+// KU: steps of K per iteration (the host sets 4 with BK4: one vec4 of B).
 layout(constant_id = 6) const uint KU = 4;
 layout(local_size_x_id = 0) in;
 
