@@ -226,23 +226,31 @@ func (m *RGBImage) ResizedCrop(box CropBox, w, h int, interp Interpolation, flip
 	cols := boxTaps(a.At(0, 0), box.Left, box.Width, w, filter, support)
 	rows := boxTaps(a.At(1, 1), box.Top, box.Height, h, filter, support)
 
-	// The horizontal pass, over the rows the vertical pass reads.
+	// The horizontal pass, over the rows the vertical pass reads. Each
+	// column's taps are gathered once: where its first input byte lies in
+	// a row, and its weights.
+	type colTaps struct {
+		off int
+		k   []int32
+	}
+	ct := make([]colTaps, w)
+	for x := range ct {
+		lo, n := cols.bounds[2*x], cols.bounds[2*x+1]
+		ct[x] = colTaps{off: 3 * lo, k: cols.k[x*cols.ksize : x*cols.ksize+n]}
+	}
+	const half = 1 << (pilPrecision - 1) // PIL's rounding term
 	y0, y1 := rows.span()
 	tmp := newRGBImage(w, y1-y0)
 	for y := y0; y < y1; y++ {
 		in := m.Pix[3*m.Width*y : 3*m.Width*(y+1)]
 		o := tmp.Pix[3*w*(y-y0) : 3*w*(y-y0+1)]
-		for x := 0; x < w; x++ {
-			lo, n := cols.bounds[2*x], cols.bounds[2*x+1]
-			k := cols.k[x*cols.ksize : x*cols.ksize+n]
-			p := in[3*lo : 3*(lo+n)]
-			s0, s1, s2 := int32(1<<(pilPrecision-1)), int32(1<<(pilPrecision-1)), int32(1<<(pilPrecision-1))
-			for _, ki := range k {
-				q := p[:3:3]
-				s0 += int32(q[0]) * ki
-				s1 += int32(q[1]) * ki
-				s2 += int32(q[2]) * ki
-				p = p[3:]
+		for x, c := range ct {
+			p := in[c.off:]
+			s0, s1, s2 := int32(half), int32(half), int32(half)
+			for i, ki := range c.k {
+				s0 += int32(p[3*i]) * ki
+				s1 += int32(p[3*i+1]) * ki
+				s2 += int32(p[3*i+2]) * ki
 			}
 			q := o[3*x : 3*x+3 : 3*x+3]
 			q[0], q[1], q[2] = pilClip8(s0), pilClip8(s1), pilClip8(s2)
@@ -252,27 +260,42 @@ func (m *RGBImage) ResizedCrop(box CropBox, w, h int, interp Interpolation, flip
 		return tmp, nil
 	}
 
-	// The vertical pass, row by row: the same sums in the same order as
-	// PIL's, read along rows rather than down columns.
+	// The vertical pass, row by row: PIL's sums read along rows rather
+	// than down columns (integer sums, so the order does not matter), the
+	// first tap's row starting the sums and the last one's finishing them
+	// into the output.
 	out := newRGBImage(w, h)
 	rw := 3 * w
 	acc := make([]int32, rw)
 	for y := 0; y < h; y++ {
-		lo, n := rows.bounds[2*y]-y0, rows.bounds[2*y+1]
-		for x := range acc {
-			acc[x] = 1 << (pilPrecision - 1)
+		lo, n := rows.bounds[2*y]-y0, rows.bounds[2*y+1] // n >= 1: PIL's taps cover the centre
+		ks := rows.k[y*rows.ksize : y*rows.ksize+n]
+		row := tmp.Pix[rw*lo : rw*(lo+1)]
+		o := out.Pix[rw*y : rw*(y+1)]
+		o = o[:len(row)]
+		if n == 1 {
+			for x, v := range row {
+				o[x] = pilClip8(half + int32(v)*ks[0])
+			}
+			continue
 		}
-		for i, ki := range rows.k[y*rows.ksize : y*rows.ksize+n] {
+		a := acc[:len(row)]
+		for x, v := range row {
+			a[x] = half + int32(v)*ks[0]
+		}
+		for i := 1; i < n-1; i++ {
+			ki := ks[i]
 			row := tmp.Pix[rw*(lo+i) : rw*(lo+i+1)]
 			a := acc[:len(row)]
 			for x, v := range row {
 				a[x] += int32(v) * ki
 			}
 		}
-		o := out.Pix[rw*y : rw*(y+1)]
-		o = o[:len(acc)]
-		for x, s := range acc {
-			o[x] = pilClip8(s)
+		last := ks[n-1]
+		row = tmp.Pix[rw*(lo+n-1) : rw*(lo+n)]
+		a = acc[:len(row)]
+		for x, v := range row {
+			o[x] = pilClip8(a[x] + int32(v)*last)
 		}
 	}
 	return out, nil
