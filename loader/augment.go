@@ -203,7 +203,8 @@ func (f Interpolation) kernel() (func(float64) float64, float64, error) {
 // horizontal pass runs first and is rounded to 8 bits, as PIL's is. PIL
 // skips a pass whose size does not change (the crop's side equals the
 // output's): that pass here has one unit weight a position, which copies
-// the bytes exactly.
+// the bytes exactly. Without the copies of the crop and the mirror it runs
+// in about two thirds of the composition's time (BenchmarkResizedCrop).
 func (m *RGBImage) ResizedCrop(box CropBox, w, h int, interp Interpolation, flip bool) (*RGBImage, error) {
 	if m.Width <= 0 || m.Height <= 0 || len(m.Pix) != 3*m.Width*m.Height {
 		return nil, fmt.Errorf("resized crop of a %dx%d image holding %d bytes", m.Width, m.Height, len(m.Pix))
