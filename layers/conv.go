@@ -614,18 +614,23 @@ type convGatherKernel struct {
 // pipeline build), 32x8 24-29 (57 s build), 16x16 19 (half its columns
 // idle); 256->256 at 14x14: 16x16 46, 16x8 40. Without the broadcast (all
 // lanes loading the same pixel) 16x8 25, 8x8 22. In the generated code a
-// multiply-add is 5 instructions (multiply, add, the loop's exec-mask blend,
-// the spilled accumulator's load and store) and every lane of a load about
-// 12 (descriptor, bounds check, branch; vec4 loads are split into scalars),
-// so the per-lane weights cost about as much as the arithmetic.
+// multiply-add was 5 instructions (multiply, add, the loop's exec-mask blend,
+// the spilled accumulator's load and store) and every lane of a storage-buffer
+// load about 12 (descriptor, bounds check, branch; vec4 loads split into
+// scalars). Texel reads and two channels per iteration (each accumulator
+// written once per two multiply-adds) then gave, forward / backward-data /
+// backward-weight (BenchmarkConv2d, CPU-time GFLOP/s): 64->64 at 32x32
+// 42 / 41 / 48, 256->256 at 14x14 60 / 60 / 45 (four channels per
+// iteration: 48 / 48 / 35).
 const (
 	convCPUWG   = 8
 	convCPURows = 16
 	// One dispatch sums at most this many channels: llvmpipe ends loops
 	// after 65535 iterations, and it blocks the float32 sum.
 	convCPUMaxC = 4096
-	// Channels per iteration of conv_gather.comp's loop (see the shader).
-	convCPUChannelSteps = 4
+	// Channels per iteration of conv_gather.comp's loop (see the shader
+	// and the measurements above).
+	convCPUChannelSteps = 2
 )
 
 // chooseConvGather picks the gather kernel for a device and m output

@@ -29,7 +29,7 @@ layout(constant_id = 0) const uint WG = 8;       // invocations per workgroup
 layout(constant_id = 1) const uint TM = 16;      // pixels per workgroup
 layout(constant_id = 2) const uint TN = 8;       // output channels per invocation, a multiple of 4
 layout(constant_id = 3) const bool BCAST = true; // needs WG == subgroup size == 8, TM % 8 == 0
-layout(constant_id = 4) const uint CU = 4;       // channels per iteration
+layout(constant_id = 4) const uint CU = 2;       // channels per iteration
 layout(local_size_x_id = 0) in;
 
 layout(binding = 0) buffer Out { float y[]; };
