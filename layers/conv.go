@@ -521,7 +521,11 @@ func convRearrange(s *vk.Stream, tmp convScratch, w *Tensor, mTot, cTot, kk, mp,
 		rows := b.size(0) * b.size(1)
 		p := Push{}.U32(uint32(b.size(0)), uint32(b.size(1)), uint32(b.size(2)), wOff, tOff).
 			I32(swm, swc, tsc, mp, mTot-b.lo[2])
-		if err := Launch(s, "conv_wtrans", []uint32{convWtransGroup}, Grid(ceilDiv(rows, convWtransGroup)), p, wArg, tArg); err != nil {
+		v4 := uint32(0) // rows written as vec4 where they line up (tsc and mp are multiples of 4)
+		if tOff%4 == 0 && b.size(2)%4 == 0 {
+			v4 = 1
+		}
+		if err := Launch(s, "conv_wtrans", []uint32{convWtransGroup, v4}, Grid(ceilDiv(rows, convWtransGroup)), p, wArg, tArg); err != nil {
 			tmp.done(wt)
 			return nil, err
 		}

@@ -17,15 +17,25 @@
 // in the same order, and shares q through shared memory: every workgroup gets
 // the same bits, and lavapipe, which loads a uniform address once per lane,
 // ran the step 3.5 times slower when every invocation added them itself.
+//
+// With V4 each invocation updates four consecutive elements through vec4
+// views of the buffers (offP, offG and offBuf multiples of 4; the last
+// invocation takes a ragged end one element at a time): lavapipe checks the
+// lane's mask and the buffer's bound once per vec4 instead of once per
+// element, which made the step 2-3 times faster there.
 #include "common.glsl"
 
 layout(constant_id = 0) const uint WG = 256;
 layout(constant_id = 1) const uint MODE = 0;
+layout(constant_id = 2) const bool V4 = false;
 layout(local_size_x_id = 0) in;
 
 layout(binding = 0) buffer P { float p[]; };
+layout(binding = 0) buffer P4 { vec4 p4[]; };
 layout(binding = 1) readonly buffer G { float g[]; };
+layout(binding = 1) readonly buffer G4 { vec4 g4[]; };
 layout(binding = 2) buffer Buf { float buf[]; };
+layout(binding = 2) buffer Buf4 { vec4 buf4[]; };
 layout(binding = 3) readonly buffer Part { float part[]; };
 layout(push_constant) uniform Push {
 	uint n;
@@ -73,14 +83,28 @@ void main() {
 		q = coef[0];
 		decay = coef[1];
 	}
-	if (i >= n) {
+	const uint n_ = n, fl = flags;
+	const float lr_ = lr, mom = momentum;
+	if (V4 && 4 * i + 3 < n_) {
+		const uint j = i + offP / 4;
+		const vec4 pv = p4[j];
+		const vec4 d = (g4[i + offG / 4] + decay * pv) * q;
+		const vec4 b = (fl & 1u) != 0u ? d : mom * buf4[i + offBuf / 4] + d;
+		if ((fl & 2u) == 0u) {
+			buf4[i + offBuf / 4] = b;
+		}
+		p4[j] = pv - lr_ * b;
 		return;
 	}
-	float pv = p[offP + i];
-	float d = (g[offG + i] + decay * pv) * q;
-	float b = (flags & 1u) != 0u ? d : momentum * buf[offBuf + i] + d;
-	if ((flags & 2u) == 0u) {
-		buf[offBuf + i] = b;
+	const uint first = V4 ? 4 * i : i;
+	const uint last = V4 ? min(4 * i + 4, n_) : min(i + 1, n_);
+	for (uint e = first; e < last; e++) {
+		float pv = p[offP + e];
+		float d = (g[offG + e] + decay * pv) * q;
+		float b = (fl & 1u) != 0u ? d : mom * buf[offBuf + e] + d;
+		if ((fl & 2u) == 0u) {
+			buf[offBuf + e] = b;
+		}
+		p[offP + e] = pv - lr_ * b;
 	}
-	p[offP + i] = pv - lr * b;
 }
