@@ -31,10 +31,11 @@ type Stream struct {
 	// it releases what the work needed, such as temporary buffers.
 	done []func()
 
-	queries vulkan.QueryPool
-	marks   []string // labels of this recording's timestamps
-	timed   []string // labels of the last Run's timestamps
-	ticks   []uint64 // and their values
+	queries   vulkan.QueryPool
+	perKernel bool     // a timestamp after every dispatch (TimeDispatches)
+	marks     []string // labels of this recording's timestamps
+	timed     []string // labels of the last Run's timestamps
+	ticks     []uint64 // and their values
 }
 
 type region struct {
@@ -220,6 +221,13 @@ func (s *Stream) Dispatch(k *Kernel, groups [3]uint32, push []byte, args ...Arg)
 	}
 	vulkan.CmdDispatch(s.cmd, groups[0], groups[1], groups[2])
 	s.dispatches++
+	if s.perKernel && len(s.marks) < maxMarks-1 {
+		// The last timestamp is left for the caller's closing Mark; past
+		// the limit the kernels' time goes to the next labelled interval.
+		if err := s.Mark(k.name); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -280,6 +288,18 @@ func (s *Stream) Mark(label string) error {
 	}
 	vulkan.CmdWriteTimestamp(s.cmd, vulkan.PipelineStageComputeShaderBit, s.queries, uint32(len(s.marks)))
 	s.marks = append(s.marks, label)
+	return nil
+}
+
+// TimeDispatches makes every later dispatch end with a timestamp labelled
+// with its kernel's name and specialization, so Timings gives each kernel's
+// device time (a profile). It needs EnableTimestamps; each timestamp
+// serialises the work around it, so a profiled run is slower.
+func (s *Stream) TimeDispatches(on bool) error {
+	if on && s.queries == nil {
+		return fmt.Errorf("time dispatches: timestamps are not enabled on this stream")
+	}
+	s.perKernel = on
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -55,12 +56,16 @@ type result struct {
 	Impl    string  `json:"impl"`    // "e2mcvk"
 	Timer   string  `json:"timer"`   // "gpu" (timestamp queries) or "host" (wall clock)
 	Repeats int     `json:"repeats"` // timed runs the median is taken over
+	// Kernels is, with --profile, each kernel's median device time in
+	// seconds, keyed by shader name and specialization.
+	Kernels map[string]float64 `json:"kernels,omitempty"`
 }
 
 // options are the measurement settings.
 type options struct {
-	warmup int // untimed runs first (pipeline builds, caches, clocks)
-	repeat int // timed runs; the median is reported
+	warmup  int  // untimed runs first (pipeline builds, caches, clocks)
+	repeat  int  // timed runs; the median is reported
+	profile bool // time every kernel (Stream.TimeDispatches)
 }
 
 // measure prepares c on d and times it: opts.warmup untimed runs, then
@@ -85,10 +90,15 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]re
 	defer s.Close()
 	timer := "gpu"
 	if s.EnableTimestamps() != nil {
-		if len(c.parts) > 0 {
-			return nil, fmt.Errorf("%s has no timestamps: its parts cannot be timed", d.Info.Name)
+		if len(c.parts) > 0 || opts.profile {
+			return nil, fmt.Errorf("%s has no timestamps: its parts or kernels cannot be timed", d.Info.Name)
 		}
 		timer = "host"
+	}
+	if opts.profile {
+		if err := s.TimeDispatches(true); err != nil {
+			return nil, err
+		}
 	}
 	for range opts.warmup {
 		if err := w.record(s); err != nil {
@@ -99,12 +109,20 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]re
 		}
 	}
 	times := make([][]float64, 1+len(c.parts)) // the whole, then each part
+	kernels := map[string][]float64{}
 	for range opts.repeat {
 		total, byLabel, err := timeRun(ctx, s, w, timer == "gpu")
 		if err != nil {
 			return nil, err
 		}
 		times[0] = append(times[0], total)
+		if opts.profile {
+			for l, t := range byLabel {
+				if l != "start" && l != "end" {
+					kernels[l] = append(kernels[l], t)
+				}
+			}
+		}
 		for i, p := range c.parts {
 			var sum float64
 			for _, l := range p.labels {
@@ -129,10 +147,19 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]re
 	if c.flops > 0 {
 		r.GFLOPS = c.flops / r.Seconds / 1e9
 	}
+	if len(kernels) > 0 {
+		r.Kernels = map[string]float64{}
+		for l, ts := range kernels {
+			r.Kernels[l] = median(ts)
+		}
+	}
 	if c.bytes > 0 {
 		r.GBps = c.bytes / r.Seconds / 1e9
 	}
 	out := []result{r}
+	if opts.profile {
+		return out, nil // the kernels' timestamps cut the parts' intervals
+	}
 	for i, p := range c.parts {
 		pr := r
 		pr.Name, pr.Seconds = p.name, median(times[i+1])
@@ -225,4 +252,18 @@ func figure(v float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.2f", v)
+}
+
+// writeProfile prints r's kernels, slowest first, with their share of the
+// case's time.
+func writeProfile(w io.Writer, r result) {
+	names := make([]string, 0, len(r.Kernels))
+	for k := range r.Kernels {
+		names = append(names, k)
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(r.Kernels[b], r.Kernels[a]) })
+	fmt.Fprintf(w, "%s %s: device time per kernel (median of %d profiled runs)\n", r.Name, r.Shape, r.Repeats)
+	for _, k := range names {
+		fmt.Fprintf(w, "  %-36s %10.3f ms %5.1f%%\n", k, r.Kernels[k]*1e3, 100*r.Kernels[k]/r.Seconds)
+	}
 }

@@ -51,12 +51,13 @@ func allCases() []benchCase {
 
 // cli is the command line.
 type cli struct {
-	Device int    `short:"d" default:"0" help:"Index of the Vulkan device to use (see 'e2mcvk devices')."`
-	Filter string `short:"f" placeholder:"REGEX" help:"Run only the cases whose name/shape (e.g. gemm/1024x1024x1024) matches REGEX."`
-	Repeat int    `short:"r" default:"7" help:"Timed runs per case; the median is reported."`
-	Warmup int    `default:"1" help:"Untimed runs per case before the timed ones."`
-	JSON   bool   `name:"json" help:"Print one JSON object per case and line instead of a table."`
-	List   bool   `help:"List the cases (name/shape) that would run, and exit."`
+	Device  int    `short:"d" default:"0" help:"Index of the Vulkan device to use (see 'e2mcvk devices')."`
+	Filter  string `short:"f" placeholder:"REGEX" help:"Run only the cases whose name/shape (e.g. gemm/1024x1024x1024) matches REGEX."`
+	Repeat  int    `short:"r" default:"7" help:"Timed runs per case; the median is reported."`
+	Warmup  int    `default:"1" help:"Untimed runs per case before the timed ones."`
+	JSON    bool   `name:"json" help:"Print one JSON object per case and line instead of a table."`
+	List    bool   `help:"List the cases (name/shape) that would run, and exit."`
+	Profile bool   `help:"Also print each case's device time per kernel (median over the timed runs; each kernel is timed on its own, so the case runs slower)."`
 }
 
 const description = `Times e2mcvk's Vulkan kernels on one device with GPU timestamp queries
@@ -166,13 +167,16 @@ func (c *cli) bench(ctx context.Context, stdout, stderr io.Writer, cases []bench
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rs, err := measure(ctx, d, bc, options{warmup: c.Warmup, repeat: c.Repeat})
+		rs, err := measure(ctx, d, bc, options{warmup: c.Warmup, repeat: c.Repeat, profile: c.Profile})
 		if err != nil {
 			failed++
 			fmt.Fprintf(stderr, "vkbench: %s %s: %s\n", bc.name, bc.shape, strings.ReplaceAll(err.Error(), "\n", "; "))
 			continue
 		}
 		for _, r := range rs {
+			if c.Profile && len(r.Kernels) > 0 && !c.JSON {
+				writeProfile(stderr, r)
+			}
 			if c.JSON {
 				if err := writeJSON(stdout, r); err != nil {
 					return err

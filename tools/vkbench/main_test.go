@@ -139,6 +139,40 @@ func TestRun(t *testing.T) {
 	}
 }
 
+// TestProfile checks --profile: each case's kernels with their device time
+// on stderr (the fma case is one kernel, so it takes the whole case's time,
+// short of the two bracketing timestamps), and in the JSON output.
+func TestProfile(t *testing.T) {
+	device := os.Getenv("E2MCVK_TEST_DEVICE")
+	if device == "" {
+		device = "0"
+	}
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"--device", device, "--repeat", "2", "--profile"}, &out, &errOut, []benchCase{smallFMA()}); code != 0 {
+		t.Fatalf("exit status %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(errOut.String(), "device time per kernel") || !strings.Contains(errOut.String(), "fma_peak[") {
+		t.Errorf("no kernel profile on stderr:\n%s", errOut.String())
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run(context.Background(), []string{"--device", device, "--repeat", "2", "--profile", "--json"}, &out, &errOut, []benchCase{smallFMA()}); code != 0 {
+		t.Fatalf("exit status %d: %s", code, errOut.String())
+	}
+	var r result
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Kernels) != 1 {
+		t.Fatalf("kernels %v, want fma_peak alone", r.Kernels)
+	}
+	for k, sec := range r.Kernels {
+		if !strings.HasPrefix(k, "fma_peak[") || sec <= 0 || sec > r.Seconds {
+			t.Errorf("kernel %s: %g s of a case of %g s", k, sec, r.Seconds)
+		}
+	}
+}
+
 func TestCommandLineErrors(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
