@@ -28,6 +28,18 @@ const (
 
 var binNames = [...]string{"add", "sub", "mul", "scale", "axpy", "relu gradient"}
 
+// fours returns the V4 specialization constant of the elementwise kernels
+// and the elements an invocation then takes: 1 and 4 when every operand's
+// offset is a multiple of 4 (vec4 views line up), else 0 and 1.
+func fours(offs []uint32) (v4 uint32, per int) {
+	for _, o := range offs {
+		if o%4 != 0 {
+			return 0, 1
+		}
+	}
+	return 1, 4
+}
+
 // binaryOp records y = op(a, b) over contiguous tensors of equal shape.
 func binaryOp(s *vk.Stream, op int, y, a, b *Tensor, alpha float32) error {
 	if !slices.Equal(y.shape, a.shape) || !slices.Equal(y.shape, b.shape) {
@@ -35,8 +47,9 @@ func binaryOp(s *vk.Stream, op int, y, a, b *Tensor, alpha float32) error {
 	}
 	ops := []operand{{a, false}, {b, false}, {y, true}}
 	err := elementwise(y.Len(), ops, func(n int, args []vk.Arg, offs []uint32) error {
-		return Launch(s, "binary", []uint32{elementGroup, elementsPer, uint32(op)},
-			Grid(ceilDiv(n, elementGroup*elementsPer)),
+		v4, per := fours(offs)
+		return Launch(s, "binary", []uint32{elementGroup, elementsPer, uint32(op), v4},
+			Grid(ceilDiv(ceilDiv(n, per), elementGroup*elementsPer)),
 			Push{}.U32(uint32(n), offs[0], offs[1], offs[2]).F32(alpha), args...)
 	})
 	if err != nil {

@@ -154,3 +154,44 @@ func TestBinaryErrors(t *testing.T) {
 		t.Errorf("failed ops recorded %d dispatches", d)
 	}
 }
+
+// TestElementwiseOffsets runs the elementwise kernels on rows of a matrix
+// (Narrow views) whose offsets are and are not multiples of 4, and whose
+// lengths leave every remainder: the kernels take elements in fours through
+// vec4 views only where every operand lines up, one at a time elsewhere
+// and at a ragged end.
+func TestElementwiseOffsets(t *testing.T) {
+	const cols = 13
+	for _, dev := range testDevices(t) {
+		for _, r := range []struct{ start, rows int }{{0, 1}, {0, 4}, {1, 3}, {4, 4}, {3, 5}, {2, 2}} {
+			t.Run(fmt.Sprintf("%s/rows%d-%d", dev.name, r.start, r.start+r.rows), func(t *testing.T) {
+				const total = 9
+				ha, hb := randn(11, total*cols), randn(12, total*cols)
+				a, b := upload(t, dev.dev, ha, total, cols), upload(t, dev.dev, hb, total, cols)
+				// The output's rows start one row later than the inputs':
+				// mixed alignment whenever cols is odd.
+				y := empty(t, dev.dev, total+1, cols)
+				av, bv, yv := a.Narrow(0, r.start, r.rows), b.Narrow(0, r.start, r.rows), y.Narrow(0, r.start+1, r.rows)
+				s := stream(t, dev.dev)
+				n := r.rows * cols
+				lo := r.start * cols
+				sum, relu := make([]float64, n), make([]float64, n)
+				for i := range n {
+					sum[i] = float64(ha[lo+i]) + float64(hb[lo+i])
+					relu[i] = max(float64(ha[lo+i]), 0)
+				}
+				if err := Add(s, yv, av, bv); err != nil {
+					t.Fatal(err)
+				}
+				got := run(t, s, y)[(r.start+1)*cols:][:n]
+				assertClose(t, "add", got, sum, elementTol)
+				// Aligned input and output (same rows).
+				if err := Relu(s, av, av); err != nil {
+					t.Fatal(err)
+				}
+				got = run(t, s, a)[lo:][:n]
+				assertClose(t, "relu", got, relu, 0)
+			})
+		}
+	}
+}

@@ -27,8 +27,9 @@ func unaryOp(s *vk.Stream, op int, dst, x *Tensor) error {
 		return fmt.Errorf("%s: shapes %v and %v differ", unNames[op], dst.shape, x.shape)
 	}
 	err := elementwise(x.Len(), []operand{{x, false}, {dst, true}}, func(n int, args []vk.Arg, offs []uint32) error {
-		return Launch(s, "unary", []uint32{elementGroup, elementsPer, uint32(op)},
-			Grid(ceilDiv(n, elementGroup*elementsPer)),
+		v4, per := fours(offs)
+		return Launch(s, "unary", []uint32{elementGroup, elementsPer, uint32(op), v4},
+			Grid(ceilDiv(ceilDiv(n, per), elementGroup*elementsPer)),
 			Push{}.U32(uint32(n), offs[0], offs[1]), args...)
 	})
 	if err != nil {

@@ -6,17 +6,23 @@
 // y may be the same memory as a or b (each element is read, then written, by
 // one invocation). Each workgroup covers WG*PER consecutive elements; element
 // k of an invocation is at stride WG, so neighbouring invocations touch
-// neighbouring addresses.
+// neighbouring addresses. With V4 (offA, offB and offY multiples of 4) the
+// elements go in fours through vec4 views (a ragged end one at a time):
+// lavapipe checks the lane's mask and the buffer's bound once per vec4.
 #include "common.glsl"
 
 layout(constant_id = 0) const uint WG = 256;
 layout(constant_id = 1) const uint PER = 4;
 layout(constant_id = 2) const uint OP = 0;
+layout(constant_id = 3) const bool V4 = false;
 layout(local_size_x_id = 0) in;
 
 layout(binding = 0) readonly buffer A { float a[]; };
+layout(binding = 0) readonly buffer A4 { vec4 a4[]; };
 layout(binding = 1) readonly buffer B { float b[]; };
+layout(binding = 1) readonly buffer B4 { vec4 b4[]; };
 layout(binding = 2) writeonly buffer Y { float y[]; };
+layout(binding = 2) writeonly buffer Y4 { vec4 y4[]; };
 layout(push_constant) uniform Push {
 	uint n;
 	uint offA;
@@ -37,11 +43,21 @@ float op(float u, float v) {
 }
 
 void main() {
+	const uint n_ = n;
 	uint base = group_index() * (WG * PER) + gl_LocalInvocationID.x;
 	for (uint k = 0; k < PER; k++) {
 		uint i = base + k * WG;
-		if (i < n) {
-			y[offY + i] = op(a[offA + i], b[offB + i]);
+		if (!V4) {
+			if (i < n_) {
+				y[offY + i] = op(a[offA + i], b[offB + i]);
+			}
+		} else if (4 * i + 3 < n_) {
+			const vec4 u = a4[offA / 4 + i], v = b4[offB / 4 + i];
+			y4[offY / 4 + i] = vec4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w));
+		} else {
+			for (uint e = 4 * i; e < n_; e++) {
+				y[offY + e] = op(a[offA + e], b[offB + e]);
+			}
 		}
 	}
 }

@@ -9,10 +9,14 @@
 layout(constant_id = 0) const uint WG = 256;
 layout(constant_id = 1) const uint PER = 4;
 layout(constant_id = 2) const uint OP = 0;
+// V4: elements in fours through vec4 views, as binary.comp does.
+layout(constant_id = 3) const bool V4 = false;
 layout(local_size_x_id = 0) in;
 
 layout(binding = 0) readonly buffer X { float x[]; };
+layout(binding = 0) readonly buffer X4 { vec4 x4[]; };
 layout(binding = 1) writeonly buffer Y { float y[]; };
+layout(binding = 1) writeonly buffer Y4 { vec4 y4[]; };
 layout(push_constant) uniform Push {
 	uint n;
 	uint offX;
@@ -41,11 +45,21 @@ float f(float v) {
 }
 
 void main() {
+	const uint n_ = n;
 	uint base = group_index() * (WG * PER) + gl_LocalInvocationID.x;
 	for (uint k = 0; k < PER; k++) {
 		uint i = base + k * WG;
-		if (i < n) {
-			y[offY + i] = f(x[offX + i]);
+		if (!V4) {
+			if (i < n_) {
+				y[offY + i] = f(x[offX + i]);
+			}
+		} else if (4 * i + 3 < n_) {
+			const vec4 v = x4[offX / 4 + i];
+			y4[offY / 4 + i] = vec4(f(v.x), f(v.y), f(v.z), f(v.w));
+		} else {
+			for (uint e = 4 * i; e < n_; e++) {
+				y[offY + e] = f(x[offX + e]);
+			}
 		}
 	}
 }
