@@ -691,6 +691,10 @@ type convGatherPass struct {
 	th, tw                     int // taps; th == 0: out is zeroed
 
 	wBase, wsc, wsh, wsw int
+
+	// tapLo is the first tap (rows, columns) that record sums: the taps
+	// before it read only padding. Pieces that start later add to out.
+	tapLo [2]int
 }
 
 // The dimensions of a convGatherPass's work, as boxes for convCutBox.
@@ -772,8 +776,20 @@ func (g *convGatherPass) fits(b box, maxC int) bool {
 // earlier ones wrote; convCutBox returns them in that order.
 func (g *convGatherPass) record(s *vk.Stream, k convGatherKernel) error {
 	full := box{hi: [maxRank]int{g.n, g.rows, g.m, g.c, g.th, g.tw}}
-	if g.th == 0 {
-		full.hi[cgDimC], full.hi[cgDimTapW] = 1, 0 // no taps: the kernel writes zeros
+	// Leading and trailing taps that read only padding for every output
+	// are left out of the sum (at 1x1 pixels, 8 of a 3x3 kernel's 9).
+	hlo, hhi := liveTaps(g.th, g.dth, g.oh0, g.sh, g.rows, g.hin)
+	wlo, whi := liveTaps(g.tw, g.dtw, g.ow0, g.sw, g.cols, g.win)
+	if hlo == hhi || wlo == whi {
+		full.hi[cgDimTapH] = 0 // every tap reads padding: as with no taps
+	} else {
+		full.lo[cgDimTapH], full.hi[cgDimTapH] = hlo, hhi
+		full.lo[cgDimTapW], full.hi[cgDimTapW] = wlo, whi
+	}
+	g.tapLo = [2]int{full.lo[cgDimTapH], full.lo[cgDimTapW]}
+	if full.size(cgDimTapH) == 0 {
+		full.lo[cgDimTapH], full.lo[cgDimTapW] = 0, 0
+		full.hi[cgDimC], full.hi[cgDimTapW] = 1, 0 // no taps: the kernel writes zeros (and the bias)
 	}
 	pieces, err := convCutBox(full, func(b box) (int, func(box) bool) { return g.pick(b, k.maxC) }, func(b box) bool { return g.fits(b, k.maxC) })
 	if err != nil {
@@ -785,6 +801,32 @@ func (g *convGatherPass) record(s *vk.Stream, k convGatherKernel) error {
 		}
 	}
 	return nil
+}
+
+// liveTaps returns the first tap and one past the last of n taps whose
+// input positions base + t*dt + i*s, over the outputs i < outs, meet
+// [0, size): the taps outside that range read only padding. Taps between
+// live ones are kept even when they read only padding.
+func liveTaps(n, dt, base, s, outs, size int) (lo, hi int) {
+	live := func(t int) bool {
+		b := base + t*dt
+		i := 0
+		if b < 0 {
+			if s <= 0 {
+				return false
+			}
+			i = ceilDiv(-b, s) // the first output at or past row 0
+		}
+		return i < outs && b+i*s <= size-1
+	}
+	lo, hi = 0, n
+	for lo < hi && !live(lo) {
+		lo++
+	}
+	for hi > lo && !live(hi-1) {
+		hi--
+	}
+	return lo, hi
 }
 
 // pick chooses the dimension to cut for a piece that does not fit: the
@@ -885,7 +927,7 @@ func (g *convGatherPass) dispatch(s *vk.Stream, k convGatherKernel, b box) error
 	}
 	bArg, bRel := wArg, uint32(0)
 	flags := uint32(0)
-	if b.lo[cgDimC] > 0 || b.lo[cgDimTapH] > 0 || b.lo[cgDimTapW] > 0 {
+	if b.lo[cgDimC] > 0 || b.lo[cgDimTapH] > g.tapLo[0] || b.lo[cgDimTapW] > g.tapLo[1] {
 		flags |= 1
 	} else if g.bias != nil {
 		flags |= 2

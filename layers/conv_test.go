@@ -147,6 +147,12 @@ func convCases() []convCase {
 		{n: 1, cin: 3, h: 13, w: 7, cout: 5, kh: 2, kw: 3, p: p(3, 1, 0, 1, 2, 1)},
 		{n: 3, cin: 7, h: 9, w: 9, cout: 5, kh: 1, kw: 1, p: p(2, 2, 0, 0, 1, 1), bias: true},
 		{n: 1, cin: 3, h: 13, w: 13, cout: 3, kh: 3, kw: 3, p: p(1, 1, 2, 2, 2, 2)},
+		// Taps that read only padding, left out of the sum: one pixel
+		// (ResNet's last stage at 32 px: 8 of 9 taps), 2x2 to 1x1 at
+		// stride 2, a column (TestConv2dAllPadding: every tap).
+		{n: 5, cin: 19, h: 1, w: 1, cout: 9, kh: 3, kw: 3, p: p(1, 1, 1, 1, 1, 1), bias: true},
+		{n: 3, cin: 6, h: 2, w: 2, cout: 5, kh: 3, kw: 3, p: p(2, 2, 1, 1, 1, 1)},
+		{n: 2, cin: 4, h: 3, w: 1, cout: 3, kh: 5, kw: 3, p: p(1, 1, 2, 1, 1, 1), bias: true},
 		{n: 3, cin: 5, h: 1, w: 17, cout: 3, kh: 1, kw: 3, p: p(1, 1, 0, 1, 1, 1), bias: true},
 		{n: 3, cin: 1, h: 11, w: 11, cout: 1, kh: 3, kw: 3, p: p(3, 3, 0, 0, 1, 1)},
 		{n: 1, cin: 5, h: 5, w: 7, cout: 3, kh: 1, kw: 1, p: p(1, 1, 3, 1, 1, 1), bias: true},
@@ -415,5 +421,54 @@ func TestNewConv2d(t *testing.T) {
 	assertClose(t, "forward", run(t, s, y.Value), convReference(g, convWiden(hx), convWiden(hw), convWiden(hb)), 1e-5)
 	if _, err := NewConv2d(ctx, d, 0, 5, [2]int{3, 3}, ConvParams{}, false, rand.New(rand.NewPCG(1, 2))); err == nil {
 		t.Error("NewConv2d with 0 input channels: no error")
+	}
+}
+
+// TestConv2dAllPadding is a convolution whose every tap reads padding (one
+// pixel, a 1x1 kernel, stride 2 and padding 1: outputs at rows and columns
+// -1 and 1): the forward pass writes the bias alone, the input and weight
+// gradients are zeros (written over what the tensors held), and the bias
+// gradient is the output gradient's sum.
+func TestConv2dAllPadding(t *testing.T) {
+	p := ConvParams{Stride: [2]int{2, 2}, Padding: [2]int{1, 1}, Dilation: [2]int{1, 1}}
+	for _, dev := range testDevices(t) {
+		t.Run(dev.name, func(t *testing.T) {
+			d := dev.dev
+			hb, hg := randn(3, 5), randn(4, 2*5*2*2)
+			x, w, b := upload(t, d, randn(1, 2*3), 2, 3, 1, 1), upload(t, d, randn(2, 5*3), 5, 3, 1, 1), upload(t, d, hb, 5)
+			g := upload(t, d, hg, 2, 5, 2, 2)
+			y, dx, dw, db := empty(t, d, 2, 5, 2, 2), empty(t, d, 2, 3, 1, 1), empty(t, d, 5, 3, 1, 1), empty(t, d, 5)
+			s := stream(t, d)
+			for _, z := range []*Tensor{y, dx, dw} {
+				if err := Fill(s, z, 7); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := Conv2dForward(s, y, x, w, b, p); err != nil {
+				t.Fatal(err)
+			}
+			if err := Conv2dBackwardData(s, dx, g, w, p); err != nil {
+				t.Fatal(err)
+			}
+			if err := Conv2dBackwardWeight(s, dw, db, x, g, p); err != nil {
+				t.Fatal(err)
+			}
+			wantY := make([]float64, 2*5*4)
+			wantDB := make([]float64, 5)
+			for i := range wantY {
+				m := i / 4 % 5
+				wantY[i] = float64(hb[m])
+				wantDB[m] += float64(hg[i])
+			}
+			assertClose(t, "output", run(t, s, y), wantY, 0)
+			assertClose(t, "bias gradient", run(t, s, db), wantDB, 1e-6)
+			for name, z := range map[string]*Tensor{"input gradient": dx, "weight gradient": dw} {
+				for i, v := range run(t, s, z) {
+					if v != 0 {
+						t.Fatalf("%s[%d] = %g, want 0 (every tap reads padding)", name, i, v)
+					}
+				}
+			}
+		})
 	}
 }

@@ -16,7 +16,8 @@
 // taps are the outer loops: a pixel's position, and whether it lies in the
 // padding, is worked out once per tap, and the inner loop over channels is
 // a plain strided GEMM step, CU channels per iteration so that each
-// accumulator is written once per CU channels.
+// accumulator is written once per CU channels (its products added in
+// order: the float32 sum of a one-channel loop).
 //
 // llvmpipe ends any loop after 65535 iterations: the host keeps C below that.
 #extension GL_EXT_control_flow_attributes : enable
@@ -112,24 +113,24 @@ void main() {
 	float s[CU]; \
 	[[unroll]] for (uint u = 0; u < CU; u++) { s[u] = subgroupBroadcast(av[u], L); } \
 	[[unroll]] for (uint jq = 0; jq < TN / 4; jq++) { \
-		vec4 t = s[0] * bv[0][jq]; \
-		[[unroll]] for (uint u = 1; u < CU; u++) { t += s[u] * bv[u][jq]; } \
-		acc[8 * q + L][4 * jq] += t.x; \
-		acc[8 * q + L][4 * jq + 1] += t.y; \
-		acc[8 * q + L][4 * jq + 2] += t.z; \
-		acc[8 * q + L][4 * jq + 3] += t.w; } }
+		vec4 t = vec4(acc[8 * q + L][4 * jq], acc[8 * q + L][4 * jq + 1], acc[8 * q + L][4 * jq + 2], acc[8 * q + L][4 * jq + 3]); \
+		[[unroll]] for (uint u = 0; u < CU; u++) { t += s[u] * bv[u][jq]; } \
+		acc[8 * q + L][4 * jq] = t.x; \
+		acc[8 * q + L][4 * jq + 1] = t.y; \
+		acc[8 * q + L][4 * jq + 2] = t.z; \
+		acc[8 * q + L][4 * jq + 3] = t.w; } }
 						ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7)
 #undef ROW
 					} else {
 						[[unroll]] for (uint jq = 0; jq < TN / 4; jq++) {
-							vec4 t = av[0] * bv[0][jq];
-							[[unroll]] for (uint u = 1; u < CU; u++) {
+							vec4 t = vec4(acc[q][4 * jq], acc[q][4 * jq + 1], acc[q][4 * jq + 2], acc[q][4 * jq + 3]);
+							[[unroll]] for (uint u = 0; u < CU; u++) {
 								t += av[u] * bv[u][jq];
 							}
-							acc[q][4 * jq] += t.x;
-							acc[q][4 * jq + 1] += t.y;
-							acc[q][4 * jq + 2] += t.z;
-							acc[q][4 * jq + 3] += t.w;
+							acc[q][4 * jq] = t.x;
+							acc[q][4 * jq + 1] = t.y;
+							acc[q][4 * jq + 2] = t.z;
+							acc[q][4 * jq + 3] = t.w;
 						}
 					}
 				}

@@ -21,8 +21,8 @@
 // - The accumulators (TM*TN vectors) live on the stack, and every write to
 //   a variable inside a loop is blended with the loop's mask: a write costs
 //   a load, a blend and a store besides the multiply and add. So each
-//   iteration covers KU steps of K and writes each accumulator once, with
-//   the KU products summed first.
+//   iteration covers KU steps of K and writes each accumulator once, after
+//   adding its KU products in order (the float32 sum of a one-step loop).
 // Barriers and shared memory cost more than they save on llvmpipe;
 // gemm_tiled.comp is the GPU kernel.
 //
@@ -152,19 +152,19 @@ void main() {
 	float x[KU]; \
 	[[unroll]] for (uint u = 0; u < KU; u++) { x[u] = subgroupBroadcast(av[u], L); } \
 	[[unroll]] for (uint j = 0; j < TN; j++) { \
-		float s = x[0] * bv[0][j]; \
-		[[unroll]] for (uint u = 1; u < KU; u++) { s += x[u] * bv[u][j]; } \
-		acc[8 * q + L][j] += s; \
+		float s = acc[8 * q + L][j]; \
+		[[unroll]] for (uint u = 0; u < KU; u++) { s += x[u] * bv[u][j]; } \
+		acc[8 * q + L][j] = s; \
 	} }
 				ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7)
 #undef ROW
 			} else {
 				[[unroll]] for (uint j = 0; j < TN; j++) {
-					float s = av[0] * bv[0][j];
-					[[unroll]] for (uint u = 1; u < KU; u++) {
+					float s = acc[q][j];
+					[[unroll]] for (uint u = 0; u < KU; u++) {
 						s += av[u] * bv[u][j];
 					}
-					acc[q][j] += s;
+					acc[q][j] = s;
 				}
 			}
 		}
