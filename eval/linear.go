@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"runtime"
-	"sync"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
@@ -354,38 +352,22 @@ func LoadAugmented(ctx context.Context, ds loader.Dataset, idx []int, aug loader
 	out := make([]float32, len(idx)*plane)
 	errs := make([]error, len(idx))
 	bad := make([]*Skip, len(idx))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range max(1, min(runtime.GOMAXPROCS(0), len(idx))) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := range next {
-				i := idx[k]
-				img, skip := readImage(ds, i)
-				if skip != nil {
-					bad[k] = skip
-					continue
-				}
-				m, err := aug.Apply(loader.ToRGB(img), loader.ViewRNG(seed, epoch, i, 0))
-				if err == nil {
-					err = m.Normalize(out[k*plane : (k+1)*plane])
-				}
-				if err != nil {
-					errs[k] = fmt.Errorf("%s: %w", ds.Name(i), err)
-				}
-			}
-		}()
-	}
-	for k := range idx {
-		if ctx.Err() != nil {
-			break
+	err = parallelFor(ctx, len(idx), func(k int) {
+		i := idx[k]
+		img, skip := readImage(ds, i)
+		if skip != nil {
+			bad[k] = skip
+			return
 		}
-		next <- k
-	}
-	close(next)
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
+		m, err := aug.Apply(loader.ToRGB(img), loader.ViewRNG(seed, epoch, i, 0))
+		if err == nil {
+			err = m.Normalize(out[k*plane : (k+1)*plane])
+		}
+		if err != nil {
+			errs[k] = fmt.Errorf("%s: %w", ds.Name(i), err)
+		}
+	})
+	if err != nil {
 		return nil, nil, nil, err
 	}
 	for _, err := range errs {

@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"image"
 	"io"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/e2mcvk/e2mcvk/loader"
 )
@@ -132,26 +130,7 @@ func readImage(ds loader.Dataset, i int) (image.Image, *Skip) {
 // decoding them on one goroutine a CPU.
 func unreadable(ctx context.Context, ds loader.Dataset, idx []int) ([]Skip, error) {
 	bad := make([]*Skip, len(idx))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range max(1, min(runtime.GOMAXPROCS(0), len(idx))) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := range next {
-				_, bad[k] = readImage(ds, idx[k])
-			}
-		}()
-	}
-	for k := range idx {
-		if ctx.Err() != nil {
-			break
-		}
-		next <- k
-	}
-	close(next)
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
+	if err := parallelFor(ctx, len(idx), func(k int) { _, bad[k] = readImage(ds, idx[k]) }); err != nil {
 		return nil, err
 	}
 	var out []Skip

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"runtime"
 	"slices"
 	"sort"
 	"sync"
@@ -371,30 +370,20 @@ func VOC07(ctx context.Context, train, test *MultiLabel, cfg SVMConfig, classDon
 	res := &VOC07Result{AP: make([]float64, nc), Cost: make([]float64, nc), CVAP: make([][]float64, nc),
 		CVConverged: make([][]bool, nc), Converged: make([]bool, nc)}
 	errs := make([]error, nc)
-	next := make(chan int)
-	var wg sync.WaitGroup
 	var mu sync.Mutex
 	done := 0
-	for range max(1, runtime.GOMAXPROCS(0)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for c := range next {
-				errs[c] = voc07Class(ctx, res, c, xtr, xte, train, test, cfg)
-				if classDone != nil {
-					mu.Lock()
-					done++
-					classDone(done)
-					mu.Unlock()
-				}
-			}
-		}()
+	err := parallelFor(ctx, nc, func(c int) {
+		errs[c] = voc07Class(ctx, res, c, xtr, xte, train, test, cfg)
+		if classDone != nil {
+			mu.Lock()
+			done++
+			classDone(done)
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
-	for c := range nc {
-		next <- c
-	}
-	close(next)
-	wg.Wait()
 	for c, err := range errs {
 		if err != nil {
 			return nil, fmt.Errorf("voc07 class %s: %w", train.Classes[c], err)
