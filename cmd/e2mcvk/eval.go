@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -160,6 +161,21 @@ func (c *evalCommon) withDevice(fn func(dev *vk.Device) error) error {
 		}
 		return fn(dev)
 	})
+}
+
+// printTop prints the report of a protocol that classifies into the
+// labels' classes: its settings (the common ones, the labels' and the
+// protocol's own), the images skips passed over, and top-1 and top-5 over
+// the seeds.
+func (c *evalCommon) printTop(e *env, protocol string, l *evalLabels, skips *eval.Skips, top1, top5 []float64, own map[string]any) error {
+	set := c.settings(protocol)
+	l.addSettings(set)
+	maps.Copy(set, own)
+	r := eval.NewReport(protocol, set)
+	r.SetSkipped(skips)
+	r.Add("top1", top1)
+	r.Add("top5", top5)
+	return c.print(e, r)
 }
 
 // print writes the report as JSON or as a line of text.
@@ -386,14 +402,8 @@ func (c *evalLinearCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	set := c.evalCommon.settings("linear")
-	c.evalLabels.addSettings(set)
-	set["epochs"], set["lr"], set["wd"], set["pool"], set["augment"] = c.Epochs, c.LR, c.WD, c.Pool, c.Augment
-	r := eval.NewReport("linear", set)
-	r.SetSkipped(skips)
-	r.Add("top1", top1)
-	r.Add("top5", top5)
-	return c.print(e, r)
+	return c.printTop(e, "linear", &c.evalLabels, skips, top1, top5,
+		map[string]any{"epochs": c.Epochs, "lr": c.LR, "wd": c.WD, "pool": c.Pool, "augment": c.Augment})
 }
 
 // evalKNNCmd is `e2mcvk eval knn`.
@@ -469,14 +479,7 @@ func (c *evalKNNCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	set := c.evalCommon.settings("knn")
-	c.evalLabels.addSettings(set)
-	set["k"], set["temperature"] = c.K, c.Temp
-	r := eval.NewReport("knn", set)
-	r.SetSkipped(skips)
-	r.Add("top1", top1)
-	r.Add("top5", top5)
-	return c.print(e, r)
+	return c.printTop(e, "knn", &c.evalLabels, skips, top1, top5, map[string]any{"k": c.K, "temperature": c.Temp})
 }
 
 // evalFinetuneCmd is `e2mcvk eval finetune`.
@@ -548,14 +551,8 @@ func (c *evalFinetuneCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	set := c.evalCommon.settings("finetune")
-	c.evalLabels.addSettings(set)
-	set["epochs"], set["trunk_lr"], set["head_lr"], set["milestones"], set["gamma"], set["wd"] = c.Epochs, c.TrunkLR, c.HeadLR, c.Milestones, c.Gamma, c.WD
-	r := eval.NewReport("finetune", set)
-	r.SetSkipped(skips)
-	r.Add("top1", top1)
-	r.Add("top5", top5)
-	return c.print(e, r)
+	return c.printTop(e, "finetune", &c.evalLabels, skips, top1, top5, map[string]any{"epochs": c.Epochs, "trunk_lr": c.TrunkLR,
+		"head_lr": c.HeadLR, "milestones": c.Milestones, "gamma": c.Gamma, "wd": c.WD})
 }
 
 // evalVOC07Cmd is `e2mcvk eval voc07`.
