@@ -53,3 +53,33 @@ func zeroInitResidual(ctx context.Context, r *layers.ResNet) error {
 	}
 	return nil
 }
+
+// newHead builds a method's named head on d: loaded from parts when parts
+// has it (its configuration then comes from the checkpoint's tensors, not
+// from fresh), else made with config fresh and PyTorch's default
+// initialisation drawn from rng; in is the width the head takes.
+func newHead(ctx context.Context, d *vk.Device, parts *loader.Parts, name string, in int, fresh layers.MLPConfig, rng *rand.Rand) (*layers.MLP, error) {
+	if parts == nil || parts.Heads[name] == nil {
+		h, err := layers.NewMLP(ctx, d, in, fresh, rng)
+		if err != nil {
+			return nil, fmt.Errorf("fresh %s: %w", name, err)
+		}
+		return h, nil
+	}
+	c, got, err := loader.InferHeadConfig(parts, name)
+	if err != nil {
+		return nil, err
+	}
+	if got != in {
+		return nil, fmt.Errorf("the checkpoint's %s takes %d inputs; the model gives it %d", name, got, in)
+	}
+	h, err := layers.NewMLP(ctx, d, in, c, rng)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := loader.LoadHead(ctx, h, parts, name); err != nil {
+		h.Release()
+		return nil, err
+	}
+	return h, nil
+}

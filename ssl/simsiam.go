@@ -74,7 +74,7 @@ func (m *SimSiam) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetC
 		model.Release()
 		return nil, fmt.Errorf("simsiam: %w", err)
 	}
-	proj, err := m.head(ctx, d, parts, loader.HeadProjector, bb.Features, layers.MLPConfig{
+	proj, err := newHead(ctx, d, parts, loader.HeadProjector, bb.Features, layers.MLPConfig{
 		Spec:     fmt.Sprintf("%d-%d-%d", bb.Features, bb.Features, m.dim),
 		LastBias: true, LastBN: true,
 	}, rng)
@@ -90,7 +90,7 @@ func (m *SimSiam) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetC
 		proj.Linears[len(proj.Linears)-1].Bias.SetRequiresGrad(false)
 	}
 	dim := proj.Linears[len(proj.Linears)-1].Weight.Value.Dim(0)
-	pred, err := m.head(ctx, d, parts, loader.HeadPredictor, dim, layers.MLPConfig{
+	pred, err := newHead(ctx, d, parts, loader.HeadPredictor, dim, layers.MLPConfig{
 		Spec:     fmt.Sprintf("%d-%d", m.predDim, dim),
 		LastBias: true,
 	}, rng)
@@ -102,34 +102,6 @@ func (m *SimSiam) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetC
 		return fail(fmt.Errorf("the predictor gives %d values for a projection of %d", out, dim))
 	}
 	return model, nil
-}
-
-// head loads the named head from parts when parts has it and makes a fresh
-// one of config fresh otherwise; in is the width it must take.
-func (m *SimSiam) head(ctx context.Context, d *vk.Device, parts *loader.Parts, name string, in int, fresh layers.MLPConfig, rng *rand.Rand) (*layers.MLP, error) {
-	if parts == nil || parts.Heads[name] == nil {
-		h, err := layers.NewMLP(ctx, d, in, fresh, rng)
-		if err != nil {
-			return nil, fmt.Errorf("fresh %s: %w", name, err)
-		}
-		return h, nil
-	}
-	c, got, err := loader.InferHeadConfig(parts, name)
-	if err != nil {
-		return nil, err
-	}
-	if got != in {
-		return nil, fmt.Errorf("the checkpoint's %s takes %d inputs; the model gives it %d", name, got, in)
-	}
-	h, err := layers.NewMLP(ctx, d, in, c, rng)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	if err := loader.LoadHead(ctx, h, parts, name); err != nil {
-		h.Release()
-		return nil, err
-	}
-	return h, nil
 }
 
 // Prepare does nothing: SimSiam changes nothing between steps.

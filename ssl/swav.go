@@ -193,29 +193,12 @@ func (m *SwAV) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetConf
 			model = nil
 		}
 	}()
-	headCfg := layers.MLPConfig{Spec: m.o.MLP, HiddenBias: true, LastBias: true}
-	fromParts := parts != nil && parts.Heads[loader.HeadProjector] != nil
-	if fromParts {
-		c, in, err := loader.InferHeadConfig(parts, loader.HeadProjector)
-		if err != nil {
-			return nil, fmt.Errorf("swav: %w", err)
-		}
-		if in != bb.Features {
-			return nil, fmt.Errorf("swav: the checkpoint's projection head takes %d features; the backbone gives %d", in, bb.Features)
-		}
-		headCfg = c
-	}
-	head, err := layers.NewMLP(ctx, d, bb.Features, headCfg, rng)
+	head, err := newHead(ctx, d, parts, loader.HeadProjector, bb.Features, layers.MLPConfig{Spec: m.o.MLP, HiddenBias: true, LastBias: true}, rng)
 	if err != nil {
-		return nil, fmt.Errorf("swav: projection head: %w", err)
+		return nil, fmt.Errorf("swav: %w", err)
 	}
 	model.Heads[loader.HeadProjector] = head
-	if fromParts {
-		if err := loader.LoadHead(ctx, head, parts, loader.HeadProjector); err != nil {
-			return nil, fmt.Errorf("swav: %w", err)
-		}
-	}
-	widths, err := layers.ParseWidths(headCfg.Spec)
+	widths, err := layers.ParseWidths(head.Config.Spec)
 	if err != nil {
 		return nil, fmt.Errorf("swav: projection head: %w", err)
 	}

@@ -94,27 +94,11 @@ func (v *VICReg) NewModel(ctx context.Context, d *vk.Device, cfg layers.ResNetCo
 		m.Release()
 		return nil, fmt.Errorf("vicreg: %w", err)
 	}
-	hc := layers.MLPConfig{Spec: v.opts.MLP, HiddenBias: true}
-	in := bb.Features
-	fromParts := parts != nil && parts.Heads[loader.HeadProjector] != nil
-	if fromParts {
-		if hc, in, err = loader.InferHeadConfig(parts, loader.HeadProjector); err != nil {
-			return fail(err)
-		}
-		if in != bb.Features {
-			return fail(fmt.Errorf("the checkpoint's projector takes %d inputs; the backbone gives %d", in, bb.Features))
-		}
-	}
-	proj, err := layers.NewMLP(ctx, d, in, hc, rng)
+	proj, err := newHead(ctx, d, parts, loader.HeadProjector, bb.Features, layers.MLPConfig{Spec: v.opts.MLP, HiddenBias: true}, rng)
 	if err != nil {
-		return fail(fmt.Errorf("projector: %w", err))
+		return fail(err)
 	}
 	m.Heads[loader.HeadProjector] = proj
-	if fromParts {
-		if err := loader.LoadHead(ctx, proj, parts, loader.HeadProjector); err != nil {
-			return fail(err)
-		}
-	}
 	return m, nil
 }
 
