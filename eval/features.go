@@ -148,20 +148,8 @@ func NewExtractor(ctx context.Context, dev *vk.Device, parts *loader.Parts, pool
 	if pool < 0 {
 		return nil, fmt.Errorf("pool window %d: want 0 (global) or more", pool)
 	}
-	cfg, err := loader.ResNetConfigFor(parts)
+	net, err := loadBackbone(ctx, dev, parts, rand.New(rand.NewPCG(0, 0)), "evaluation")
 	if err != nil {
-		return nil, err
-	}
-	if cfg.InChannels != 3 {
-		return nil, fmt.Errorf("the checkpoint's backbone takes %d-channel images; evaluation feeds RGB", cfg.InChannels)
-	}
-	cfg.Classes = 0
-	net, err := layers.NewResNet(ctx, dev, cfg, rand.New(rand.NewPCG(0, 0))) // overwritten by the checkpoint
-	if err != nil {
-		return nil, err
-	}
-	if err := loader.LoadBackbone(ctx, net, parts); err != nil {
-		net.Release()
 		return nil, err
 	}
 	net.Training = false
@@ -173,6 +161,30 @@ func NewExtractor(ctx context.Context, dev *vk.Device, parts *loader.Parts, pool
 
 // Release frees the backbone's device memory.
 func (e *Extractor) Release() { e.net.Release() }
+
+// loadBackbone builds the backbone of parts on dev, without fc, and loads
+// its weights; the initial values drawn from rng are all overwritten (but
+// the draws advance rng). use names the protocol for the error on
+// checkpoints of other than RGB input.
+func loadBackbone(ctx context.Context, dev *vk.Device, parts *loader.Parts, rng *rand.Rand, use string) (*layers.ResNet, error) {
+	cfg, err := loader.ResNetConfigFor(parts)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.InChannels != 3 {
+		return nil, fmt.Errorf("the checkpoint's backbone takes %d-channel images; %s feeds RGB", cfg.InChannels, use)
+	}
+	cfg.Classes = 0
+	net, err := layers.NewResNet(ctx, dev, cfg, rng)
+	if err != nil {
+		return nil, err
+	}
+	if err := loader.LoadBackbone(ctx, net, parts); err != nil {
+		net.Release()
+		return nil, err
+	}
+	return net, nil
+}
 
 // Device returns the device the backbone lives on.
 func (e *Extractor) Device() *vk.Device { return e.dev }

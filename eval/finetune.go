@@ -131,14 +131,6 @@ type finetuner struct {
 }
 
 func newFinetuner(ctx context.Context, dev *vk.Device, parts *loader.Parts, classes int, cfg FinetuneConfig) (ft *finetuner, err error) {
-	rc, err := loader.ResNetConfigFor(parts)
-	if err != nil {
-		return nil, err
-	}
-	if rc.InChannels != 3 {
-		return nil, fmt.Errorf("the checkpoint's backbone takes %d-channel images; fine-tuning feeds RGB", rc.InChannels)
-	}
-	rc.Classes = 0
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xf1e7))
 	ft = &finetuner{dev: dev,
 		trunkLR: layers.MultiStep{Base: cfg.TrunkLR, Gamma: cfg.Gamma, Milestones: cfg.Milestones},
@@ -148,10 +140,8 @@ func newFinetuner(ctx context.Context, dev *vk.Device, parts *loader.Parts, clas
 			ft.release()
 		}
 	}()
-	if ft.net, err = layers.NewResNet(ctx, dev, rc, rng); err != nil {
-		return nil, err
-	}
-	if err := loader.LoadBackbone(ctx, ft.net, parts); err != nil {
+	// The backbone's draws come first: the head's initialisation follows.
+	if ft.net, err = loadBackbone(ctx, dev, parts, rng, "fine-tuning"); err != nil {
 		return nil, err
 	}
 	if ft.head, err = newHead(ctx, dev, ft.net.Features, classes, rng); err != nil {
