@@ -29,7 +29,8 @@ const (
 var binNames = [...]string{"add", "sub", "mul", "scale", "axpy", "relu gradient"}
 
 // fours returns the V4 specialization constant of the elementwise kernels
-// and the elements an invocation then takes: 1 and 4 when every operand's
+// (binary.comp, unary.comp, optim_step.comp) and the elements an
+// invocation then takes: 1 and 4 when every operand's
 // offset is a multiple of 4 (vec4 views line up), else 0 and 1.
 func fours(offs []uint32) (v4 uint32, per int) {
 	for _, o := range offs {

@@ -329,10 +329,7 @@ func (o *Optimizer) recordStep(s *vk.Stream, g *Group, v *Var, st *paramState, l
 		push := Push{}.U32(uint32(n), offs[0], offs[1], bufOff, partOff, uint32(st.nparts), flags).
 			F32(float32(lr), float32(wd), float32(o.momentum), float32(o.ratio), float32(o.eps))
 		// Four elements an invocation where the vec4 views line up.
-		v4, per := uint32(0), 1
-		if offs[0]%4 == 0 && offs[1]%4 == 0 && bufOff%4 == 0 {
-			v4, per = 1, 4
-		}
+		v4, per := fours([]uint32{offs[0], offs[1], bufOff})
 		return Launch(s, "optim_step", []uint32{optimGroup, uint32(mode), v4}, Grid(ceilDiv(ceilDiv(n, per), optimGroup)),
 			push, args[0], args[1], bufArg, pa)
 	})
