@@ -445,8 +445,6 @@ func (p *gemmProblem) dispatch(s *vk.Stream, k gemmKernel, bx box, z0, nz int, a
 			spec[5] = 1
 			spec[6] = 4 // one vec4 of B along K covers four steps
 		}
-	}
-	if k.name == "gemm" {
 		// The CPU kernel reads A and B through texel views (see gemm.comp).
 		comps := 1
 		if spec[4] != 0 || spec[5] != 0 {
