@@ -781,16 +781,14 @@ func (g *convGatherPass) record(s *vk.Stream, k convGatherKernel) error {
 	hlo, hhi := liveTaps(g.th, g.dth, g.oh0, g.sh, g.rows, g.hin)
 	wlo, whi := liveTaps(g.tw, g.dtw, g.ow0, g.sw, g.cols, g.win)
 	if hlo == hhi || wlo == whi {
-		full.hi[cgDimTapH] = 0 // every tap reads padding: as with no taps
+		// No taps, or every tap reads padding: the kernel writes zeros
+		// (and the bias).
+		full.hi[cgDimC], full.hi[cgDimTapH], full.hi[cgDimTapW] = 1, 0, 0
 	} else {
 		full.lo[cgDimTapH], full.hi[cgDimTapH] = hlo, hhi
 		full.lo[cgDimTapW], full.hi[cgDimTapW] = wlo, whi
 	}
 	g.tapLo = [2]int{full.lo[cgDimTapH], full.lo[cgDimTapW]}
-	if full.size(cgDimTapH) == 0 {
-		full.lo[cgDimTapH], full.lo[cgDimTapW] = 0, 0
-		full.hi[cgDimC], full.hi[cgDimTapW] = 1, 0 // no taps: the kernel writes zeros (and the bias)
-	}
 	pieces, err := convCutBox(full, func(b box) (int, func(box) bool) { return g.pick(b, k.maxC) }, func(b box) bool { return g.fits(b, k.maxC) })
 	if err != nil {
 		return err
