@@ -47,6 +47,28 @@ func swavOracle(t *testing.T) string {
 	}, script, ref)
 }
 
+// swavInputs runs the oracle and returns its directory, its checkpoint (as
+// loader parts, layout detected) with the backbone's configuration, and the
+// crops of the batch, one [swavBatch, 3, s, s] array per size of swavSizes.
+func swavInputs(t *testing.T) (dir string, parts *loader.Parts, cfg layers.ResNetConfig, views [][]float32) {
+	t.Helper()
+	dir = swavOracle(t)
+	root, err := loader.ReadPth(filepath.Join(dir, "model.pth"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if parts, err = loader.SplitCheckpoint(root, ""); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err = loader.ResNetConfigFor(parts); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range swavSizes {
+		views = append(views, swavNpy(t, filepath.Join(dir, fmt.Sprintf("crop%d.npy", i)), swavBatch, 3, s, s))
+	}
+	return dir, parts, cfg, views
+}
+
 // swavNpy reads a float32 array the oracle saved and checks its shape.
 func swavNpy(t *testing.T, path string, shape ...int) []float32 {
 	t.Helper()
@@ -259,30 +281,14 @@ func swavStep(t *testing.T, d *vk.Device, method *SwAV, model *Model, comm *Comm
 }
 
 func TestSwAVMatchesTorch(t *testing.T) {
-	dir := swavOracle(t)
+	dir, parts, cfg, views := swavInputs(t)
 	ctx := context.Background()
 	d := vktest.Device(t)
-	root, err := loader.ReadPth(filepath.Join(dir, "model.pth"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := loader.SplitCheckpoint(root, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	if parts.Layout != loader.LayoutSwAV {
 		t.Fatalf("layout %s, want swav", parts.Layout)
 	}
-	cfg, err := loader.ResNetConfigFor(parts)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if want := (layers.ResNetConfig{Depth: 18, Width: 8, SmallStem: true, InChannels: 3}); cfg != want {
 		t.Fatalf("config %+v, want %+v", cfg, want)
-	}
-	var views [][]float32
-	for i, s := range swavSizes {
-		views = append(views, swavNpy(t, filepath.Join(dir, fmt.Sprintf("crop%d.npy", i)), swavBatch, 3, s, s))
 	}
 	queue0 := swavNpy(t, filepath.Join(dir, "queue.npy"), 2, swavQueue, 16)
 
@@ -431,24 +437,8 @@ func TestSwAVUpdates(t *testing.T) {
 // the whole batch reports (Sinkhorn's sums and the loss are all-reduced,
 // the batch norms synchronised).
 func TestSwAVReplicas(t *testing.T) {
-	dir := swavOracle(t)
+	_, parts, cfg, views := swavInputs(t)
 	ctx := context.Background()
-	root, err := loader.ReadPth(filepath.Join(dir, "model.pth"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := loader.SplitCheckpoint(root, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := loader.ResNetConfigFor(parts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var views [][]float32
-	for i, s := range swavSizes {
-		views = append(views, swavNpy(t, filepath.Join(dir, fmt.Sprintf("crop%d.npy", i)), swavBatch, 3, s, s))
-	}
 	o := SwAVOptions{Crops: []int{2, 2}, QueueStartEpoch: -1}
 	forward := func(d *vk.Device, comm *Comm, views [][]float32, batch int) (float64, error) {
 		method, err := NewSwAV(o)
@@ -550,25 +540,9 @@ func TestSwAVReplicas(t *testing.T) {
 // embeddings of the assign crops newest first, is used once its last row is
 // written, and survives State and LoadState.
 func TestSwAVQueue(t *testing.T) {
-	dir := swavOracle(t)
+	_, parts, cfg, views := swavInputs(t)
 	ctx := context.Background()
 	d := vktest.Device(t)
-	root, err := loader.ReadPth(filepath.Join(dir, "model.pth"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := loader.SplitCheckpoint(root, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := loader.ResNetConfigFor(parts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var views [][]float32
-	for i, s := range swavSizes {
-		views = append(views, swavNpy(t, filepath.Join(dir, fmt.Sprintf("crop%d.npy", i)), swavBatch, 3, s, s))
-	}
 	// The second batch: the crops of each resolution swapped.
 	swapped := [][]float32{views[1], views[0], views[3], views[2]}
 	method, err := NewSwAV(SwAVOptions{Crops: []int{2, 2}, QueueLength: 2 * swavBatch})
