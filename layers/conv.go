@@ -159,6 +159,14 @@ func conv2dForward(s *vk.Stream, y, x, w, b *Tensor, p ConvParams, cfg convConfi
 	if cfg.pointwise && g.pointwise() {
 		return convPointwiseForward(s, cfg.tmp, g, y, x, w, b)
 	}
+	if cfg.im2col != nil {
+		if ok, err := cfg.im2col.forward(s, cfg.tmp, g, y, x, w, b); ok || err != nil {
+			if err != nil {
+				return fmt.Errorf("%s: %w", op, err)
+			}
+			return nil
+		}
+	}
 	k := cfg.gather(g.cout)
 	mp := ceilDiv(g.cout, 4) * 4
 	wt, err := convRearrange(s, cfg.tmp, w, g.cout, g.cin, g.kh*g.kw, mp, g.cin*g.kh*g.kw, g.kh*g.kw)
@@ -222,6 +230,14 @@ func conv2dBackwardData(s *vk.Stream, dx, g, w *Tensor, p ConvParams, cfg convCo
 	}
 	if cfg.pointwise && geo.pointwise() {
 		return convPointwiseData(s, geo, dx, g, w)
+	}
+	if cfg.im2col != nil {
+		if ok, err := cfg.im2col.data(s, cfg.tmp, geo, dx, g, w); ok || err != nil {
+			if err != nil {
+				return fmt.Errorf("%s: %w", op, err)
+			}
+			return nil
+		}
 	}
 	k := cfg.gather(geo.cin)
 	kk := geo.kh * geo.kw
@@ -353,9 +369,15 @@ func conv2dBackwardWeight(s *vk.Stream, dw, db, x, g *Tensor, p ConvParams, cfg 
 	if convOverlaps(dw, x) || convOverlaps(dw, g) {
 		return fmt.Errorf("%s: the weight gradient overlaps an input; write it to another tensor", op)
 	}
-	if cfg.wgrad == nil {
+	done := false
+	if cfg.im2col != nil && !(cfg.pointwise && geo.pointwise()) {
+		done, err = cfg.im2col.weight(s, cfg.tmp, geo, dw, x, g)
+	}
+	switch {
+	case done || err != nil:
+	case cfg.wgrad == nil:
 		err = convWgradByGather(s, cfg.tmp, dw, x, g, geo, cfg.gather(geo.cout))
-	} else {
+	default:
 		pass := convWgradPass{x: x, g: g, dw: dw, geo: geo}
 		err = pass.record(s, cfg.tmp, *cfg.wgrad)
 	}
@@ -543,6 +565,9 @@ type convConfig struct {
 	// pointwise sends 1x1 stride-1 convolutions without padding through
 	// Gemm (forward and backward data).
 	pointwise bool
+	// im2col runs the other forward and backward-data convolutions as
+	// im2col and GEMM (conv_im2col.go); nil: the gather kernel.
+	im2col *convIm2col
 	// tmp allocates the temporary buffers.
 	tmp convScratch
 }
@@ -561,6 +586,7 @@ func convConfigFor(info vk.DeviceInfo) convConfig {
 		gather:    func(m int) convGatherKernel { return chooseConvGather(info, m) },
 		wgrad:     chooseConvWgrad(info),
 		pointwise: true,
+		im2col:    chooseConvIm2col(info),
 	}
 }
 

@@ -225,8 +225,10 @@ func TestConv2dKernels(t *testing.T) {
 }
 
 // TestConv2dVariants runs the kernels the test device would not choose: the
-// GPU kernels (shared memory, both tile sizes; the weight gradient also cut
-// into many chunks of pixels, whose partial sums Sum adds), the CPU kernel
+// GPU kernels (im2col and GEMM, both tile sizes; the weight gradient also cut
+// into many chunks of pixels, whose partial sums Sum adds; the GEMM
+// convolutions one image at a time with split sums; the gather kernel that
+// they fall back to where an operand crosses a buffer segment), the CPU kernel
 // without the subgroup broadcast (subgroups other than 8 wide), and 1x1
 // convolutions through the gather kernel instead of Gemm.
 func TestConv2dVariants(t *testing.T) {
@@ -238,6 +240,14 @@ func TestConv2dVariants(t *testing.T) {
 	k := *chunks.wgrad
 	k.minChunk, k.targetGroups = 8, 1<<16
 	chunks.wgrad = &k
+	// The GEMM convolutions with a column matrix of one image at most and
+	// every sum split into as many slices as it has divisors up to 16.
+	split := convConfigFor(gpu)
+	ic := *split.im2col
+	ic.colCap, ic.targetGroups, ic.minSlice = 1, 1<<20, 1
+	split.im2col = &ic
+	gather := convConfigFor(gpu)
+	gather.im2col = nil
 	variants := []struct {
 		name string
 		cfg  func(info vk.DeviceInfo) convConfig
@@ -245,6 +255,8 @@ func TestConv2dVariants(t *testing.T) {
 		{"gpu", func(vk.DeviceInfo) convConfig { return convConfigFor(gpu) }},
 		{"gpu-small", func(vk.DeviceInfo) convConfig { return convConfigFor(small) }},
 		{"gpu-chunks", func(vk.DeviceInfo) convConfig { return chunks }},
+		{"gpu-split", func(vk.DeviceInfo) convConfig { return split }},
+		{"gpu-gather", func(vk.DeviceInfo) convConfig { return gather }},
 		{"no-broadcast", func(vk.DeviceInfo) convConfig { return convConfigFor(narrow) }},
 		{"gather-1x1", func(info vk.DeviceInfo) convConfig {
 			cfg := convConfigFor(info)
