@@ -3,9 +3,10 @@
 //   C[z][m][n] = alpha * sum_k A[z][m][k] * B[z][k][n] + beta * C[z][m][n]
 // A workgroup computes a BM x BN tile of C. Per step of BK along K it
 // stages a BK x BM slice of A and a BK x BN slice of B in shared memory
-// (zeros past the edges), and every invocation accumulates TM x TN outputs
-// in registers: rows ty + i*(BM/TM), columns tx + j*(BN/TN), so neighbouring
-// invocations read neighbouring shared words.
+// (zeros past the edges), loaded into registers one step ahead, and every
+// invocation accumulates TM x TN outputs in registers: rows ty + i*(BM/TM),
+// columns tx + j*(BN/TN), so neighbouring invocations read neighbouring
+// shared words.
 #extension GL_EXT_control_flow_attributes : enable
 #include "common.glsl"
 
@@ -38,6 +39,10 @@ const uint LA = BM + 1, LB = BN + 1;
 shared float As[BK * LA];
 shared float Bs[BK * LB];
 
+// Staged elements per invocation and operand (the last pass may have idle
+// invocations when WG does not divide the slice).
+const uint PA = (BK * BM + WG - 1) / WG, PB = (BK * BN + WG - 1) / WG;
+
 void main() {
 	const uint WN = BN / TN, WM = BM / TM;
 	const uint g = group_index();
@@ -49,7 +54,54 @@ void main() {
 	}
 	const uint t = gl_LocalInvocationID.x;
 	const uint tx = t % WN, ty = t / WN;
-	const uint abase = aoff + z * saz, bbase = boff + z * sbz;
+
+	// The elements each invocation stages, fixed for the whole loop:
+	// consecutive invocations walk the operand's unit-stride dimension so
+	// that their reads coalesce. sA/sB are the shared-memory slots (or
+	// none: ~0u), gA/gB the element at k0 = 0, kA/kB its step along K.
+	uint sA[PA], gA[PA], kA[PA];
+	uint sB[PB], gB[PB], kB[PB];
+	[[unroll]] for (uint u = 0; u < PA; u++) {
+		const uint e = t + u * WG;
+		uint kk, mm;
+		if (sak == 1) {
+			kk = e % BK;
+			mm = e / BK;
+		} else {
+			mm = e % BM;
+			kk = e / BM;
+		}
+		const bool ok = e < BK * BM && m0 + mm < M;
+		sA[u] = e < BK * BM ? kk * LA + mm : ~0u;
+		gA[u] = ok ? aoff + z * saz + (m0 + mm) * sam + kk * sak : ~0u;
+		kA[u] = kk;
+	}
+	[[unroll]] for (uint u = 0; u < PB; u++) {
+		const uint e = t + u * WG;
+		uint kk, nn;
+		if (sbn == 1) {
+			nn = e % BN;
+			kk = e / BN;
+		} else {
+			kk = e % BK;
+			nn = e / BK;
+		}
+		const bool ok = e < BK * BN && n0 + nn < N;
+		sB[u] = e < BK * BN ? kk * LB + nn : ~0u;
+		gB[u] = ok ? boff + z * sbz + kk * sbk + (n0 + nn) * sbn : ~0u;
+		kB[u] = kk;
+	}
+
+	// The slices are loaded into registers one step of K ahead: the next
+	// slice's global loads are issued before the current slice's
+	// multiply-adds, which hide their latency.
+	float ra[PA], rb[PB];
+	[[unroll]] for (uint u = 0; u < PA; u++) {
+		ra[u] = (gA[u] != ~0u && kA[u] < K) ? a[gA[u]] : 0.0;
+	}
+	[[unroll]] for (uint u = 0; u < PB; u++) {
+		rb[u] = (gB[u] != ~0u && kB[u] < K) ? b[gB[u]] : 0.0;
+	}
 
 	float acc[TM][TN];
 	[[unroll]] for (uint i = 0; i < TM; i++) {
@@ -59,33 +111,26 @@ void main() {
 	}
 
 	for (uint k0 = 0; k0 < K; k0 += BK) {
-		// Stage the slices; consecutive invocations walk the operand's
-		// unit-stride dimension so that their reads coalesce.
-		for (uint e = t; e < BK * BM; e += WG) {
-			uint kk, mm;
-			if (sak == 1) {
-				kk = e % BK;
-				mm = e / BK;
-			} else {
-				mm = e % BM;
-				kk = e / BM;
+		[[unroll]] for (uint u = 0; u < PA; u++) {
+			if (sA[u] != ~0u) {
+				As[sA[u]] = ra[u];
 			}
-			const uint m = m0 + mm, k = k0 + kk;
-			As[kk * LA + mm] = (m < M && k < K) ? a[abase + m * sam + k * sak] : 0.0;
 		}
-		for (uint e = t; e < BK * BN; e += WG) {
-			uint kk, nn;
-			if (sbn == 1) {
-				nn = e % BN;
-				kk = e / BN;
-			} else {
-				kk = e % BK;
-				nn = e / BK;
+		[[unroll]] for (uint u = 0; u < PB; u++) {
+			if (sB[u] != ~0u) {
+				Bs[sB[u]] = rb[u];
 			}
-			const uint n = n0 + nn, k = k0 + kk;
-			Bs[kk * LB + nn] = (n < N && k < K) ? b[bbase + k * sbk + n * sbn] : 0.0;
 		}
 		barrier();
+		const uint k1 = k0 + BK;
+		if (k1 < K) {
+			[[unroll]] for (uint u = 0; u < PA; u++) {
+				ra[u] = (gA[u] != ~0u && k1 + kA[u] < K) ? a[gA[u] + k1 * sak] : 0.0;
+			}
+			[[unroll]] for (uint u = 0; u < PB; u++) {
+				rb[u] = (gB[u] != ~0u && k1 + kB[u] < K) ? b[gB[u] + k1 * sbk] : 0.0;
+			}
+		}
 		[[unroll]] for (uint kk = 0; kk < BK; kk++) {
 			float av[TM];
 			float bv[TN];
