@@ -59,6 +59,11 @@ type result struct {
 	// Kernels is, with --profile, each kernel's median device time in
 	// seconds, keyed by shader name and specialization.
 	Kernels map[string]float64 `json:"kernels,omitempty"`
+	// Dispatches and Barriers count, with --profile, what one run
+	// records: on GPUs every barrier leaves the device idle while the
+	// work before it drains.
+	Dispatches int `json:"dispatches,omitempty"`
+	Barriers   int `json:"barriers,omitempty"`
 }
 
 // options are the measurement settings.
@@ -110,8 +115,9 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]re
 	}
 	times := make([][]float64, 1+len(c.parts)) // the whole, then each part
 	kernels := map[string][]float64{}
+	var stats [2]int
 	for range opts.repeat {
-		total, byLabel, err := timeRun(ctx, s, w, timer == "gpu")
+		total, byLabel, err := timeRun(ctx, s, w, timer == "gpu", &stats)
 		if err != nil {
 			return nil, err
 		}
@@ -147,6 +153,9 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]re
 	if c.flops > 0 {
 		r.GFLOPS = c.flops / r.Seconds / 1e9
 	}
+	if opts.profile {
+		r.Dispatches, r.Barriers = stats[0], stats[1]
+	}
 	if len(kernels) > 0 {
 		r.Kernels = map[string]float64{}
 		for l, ts := range kernels {
@@ -173,8 +182,9 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]re
 }
 
 // timeRun records and runs one run of w, returning its duration and, with
-// GPU timestamps, the time of each interval that ends at a labelled mark.
-func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool) (float64, map[string]float64, error) {
+// GPU timestamps, the time of each interval that ends at a labelled mark;
+// stats receives the run's dispatch and barrier counts.
+func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool, stats *[2]int) (float64, map[string]float64, error) {
 	if gpu {
 		if err := s.Mark("start"); err != nil {
 			return 0, nil, err
@@ -183,6 +193,7 @@ func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool) (float64,
 	if err := w.record(s); err != nil {
 		return 0, nil, err
 	}
+	stats[0], stats[1] = s.Stats()
 	if !gpu {
 		start := time.Now()
 		if err := s.Run(ctx); err != nil {
@@ -262,7 +273,8 @@ func writeProfile(w io.Writer, r result) {
 		names = append(names, k)
 	}
 	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(r.Kernels[b], r.Kernels[a]) })
-	fmt.Fprintf(w, "%s %s: device time per kernel (median of %d profiled runs)\n", r.Name, r.Shape, r.Repeats)
+	fmt.Fprintf(w, "%s %s: device time per kernel (median of %d profiled runs; %d dispatches, %d barriers a run)\n",
+		r.Name, r.Shape, r.Repeats, r.Dispatches, r.Barriers)
 	for _, k := range names {
 		fmt.Fprintf(w, "  %-36s %10.3f ms %5.1f%%\n", k, r.Kernels[k]*1e3, 100*r.Kernels[k]/r.Seconds)
 	}
