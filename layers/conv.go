@@ -122,9 +122,11 @@ func convOverlaps(a, b *Tensor) bool {
 // [N, Cout, Ho, Wo] with Ho = ConvOutputSize(H, KH, ...) and likewise Wo. All
 // are contiguous; y must not overlap the others.
 //
-// 1x1 convolutions at stride 1 without padding are batched GEMMs (Gemm);
-// every other one runs the gather kernel (an implicit GEMM, no im2col
-// buffer) on weights rearranged into a temporary buffer.
+// 1x1 convolutions at stride 1 without padding are batched GEMMs (Gemm).
+// On GPUs every other one is im2col and a GEMM (conv_im2col.go); on CPU
+// devices, and where an operand crosses a buffer segment, it runs the gather
+// kernel (an implicit GEMM, no im2col buffer) on weights rearranged into a
+// temporary buffer.
 func Conv2dForward(s *vk.Stream, y, x, w, b *Tensor, p ConvParams) error {
 	return conv2dForward(s, y, x, w, b, p, defaultConvConfig(s))
 }
@@ -196,7 +198,8 @@ func conv2dForward(s *vk.Stream, y, x, w, b *Tensor, p ConvParams, cfg convConfi
 // the input's height and width come from dx. All are contiguous; dx must not
 // overlap g or w.
 //
-// It is the transposed convolution, gathered per input pixel: for each of
+// On GPUs it is a GEMM into a column matrix and col2im (conv_im2col.go).
+// Elsewhere it is the transposed convolution, gathered per input pixel: for each of
 // the stride's phases (input rows ih = ph + stride*i, likewise columns) the
 // kernel taps that reach the phase are the same for every pixel, so each
 // phase is a gather convolution over exactly its taps (no multiply with
@@ -308,10 +311,12 @@ func convGCD(a, b int) int {
 // nil, not both; the kernel size comes from dw. All are contiguous and the
 // outputs overlap nothing else.
 //
-// dw is a GEMM whose sum runs over every pixel of the batch, with the input
-// gathered at each weight's tap (no im2col buffer). On GPUs it is its own
-// kernel (weight rows by output channels, the pixels cut into chunks that
-// separate workgroups sum into a temporary buffer, which Sum adds up). On
+// dw is a GEMM whose sum runs over every pixel of the batch. On GPUs it is
+// im2col and a GEMM (conv_im2col.go), except for 1x1 convolutions at stride
+// 1 without padding and operands that cross buffer segments: those run
+// conv_wgrad_tiled.comp (weight rows by output channels, the input gathered
+// at each weight's tap, the pixels cut into chunks that separate workgroups
+// sum into a temporary buffer, which Sum adds up). On
 // CPU devices it runs on the forward gather kernel (convWgradByGather): a
 // register-blocked kernel with the pixels as its sum (the input gathered and
 // masked at every pixel) ran at 17-20 GFLOP per CPU second on llvmpipe where

@@ -1,6 +1,8 @@
 #version 450
 // Gather convolution for GPUs: the forward convolution and the backward pass
 // for the input as an implicit GEMM (include/conv_gather.glsl has the sum),
+// where an operand crosses a buffer segment and the GEMM convolutions
+// (layers/conv_im2col.go) cannot bind it whole,
 // with the shared-memory tiling of gemm_tiled.comp. A workgroup computes BM
 // output channels by BN pixels; per step of BK along the sum over (tap,
 // channel) it stages a BK x BM slice of the rearranged weights and a BK x BN
