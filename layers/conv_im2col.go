@@ -135,14 +135,26 @@ func (c *convIm2col) chunks(d *vk.Device, g convGeom, k int, ts ...*Tensor) []im
 	return out
 }
 
+// column allocates the chunk's column matrix [Cin*KH*KW, pixels], which the
+// kernels bind whole; done gives it back.
+func (c im2colPass) column(tmp convScratch) (*Tensor, error) {
+	g := c.g
+	col, err := tmp.alloc(g.cin*g.kh*g.kw, c.pixels())
+	if err != nil {
+		return nil, err
+	}
+	if !fitsOne(col) {
+		tmp.done(col)
+		return nil, fmt.Errorf("internal error: the column matrix does not fit one buffer segment")
+	}
+	return col, nil
+}
+
 // im2col records col = the column matrix of the chunk's images x.
 func (c im2colPass) im2col(s *vk.Stream, col, x *Tensor) error {
 	g, np := c.g, c.pixels()
 	xArg, xRel, _ := x.locate(0, x.Len(), false)
-	colArg, colRel, ok := col.locate(0, col.Len(), true)
-	if !ok {
-		return fmt.Errorf("internal error: the column matrix does not fit one buffer segment")
-	}
+	colArg, colRel, _ := col.locate(0, col.Len(), true)
 	p := Push{}.U32(uint32(np), uint32(g.ho), uint32(g.wo), uint32(g.h), uint32(g.w), uint32(g.kh), uint32(g.kw),
 		xRel, colRel, uint32(g.cin*g.h*g.w), uint32(g.h*g.w))
 	p = append(p, c.taps()...)
@@ -168,7 +180,7 @@ func (c *convIm2col) forward(s *vk.Stream, tmp convScratch, g convGeom, y, x, w,
 func (c *convIm2col) forwardChunk(s *vk.Stream, tmp convScratch, ch im2colPass, y, x, w, b *Tensor) error {
 	g := ch.g
 	k, np, hwo := g.cin*g.kh*g.kw, ch.pixels(), g.ho*g.wo
-	col, err := tmp.alloc(k, np)
+	col, err := ch.column(tmp)
 	if err != nil {
 		return err
 	}
@@ -236,7 +248,7 @@ func (c *convIm2col) data(s *vk.Stream, tmp convScratch, g convGeom, dx, gy, w *
 func (c *convIm2col) dataChunk(s *vk.Stream, tmp convScratch, ch im2colPass, dx, gy, w *Tensor) error {
 	g := ch.g
 	k, np, hwo := g.cin*g.kh*g.kw, ch.pixels(), g.ho*g.wo
-	dcol, err := tmp.alloc(k, np)
+	dcol, err := ch.column(tmp)
 	if err != nil {
 		return err
 	}
@@ -250,10 +262,7 @@ func (c *convIm2col) dataChunk(s *vk.Stream, tmp convScratch, ch im2colPass, dx,
 	if err := gp.record(s, c.gemm, 1, 0); err != nil {
 		return err
 	}
-	colArg, colRel, ok := dcol.locate(0, dcol.Len(), false)
-	if !ok {
-		return fmt.Errorf("internal error: the column matrix does not fit one buffer segment")
-	}
+	colArg, colRel, _ := dcol.locate(0, dcol.Len(), false)
 	dxArg, dxRel, _ := dx.locate(0, dx.Len(), true)
 	npin := ch.nb * g.h * g.w
 	p := Push{}.U32(uint32(npin), uint32(g.h), uint32(g.w), uint32(g.ho), uint32(g.wo), uint32(np), uint32(g.kh), uint32(g.kw),
@@ -315,7 +324,7 @@ func (c *convIm2col) weight(s *vk.Stream, tmp convScratch, g convGeom, dw, x, gy
 func (c *convIm2col) weightChunk(s *vk.Stream, tmp convScratch, ch im2colPass, part *Tensor, sl int, x, gy *Tensor) error {
 	g := ch.g
 	k, np := g.cin*g.kh*g.kw, ch.pixels()
-	col, err := tmp.alloc(k, np)
+	col, err := ch.column(tmp)
 	if err != nil {
 		return err
 	}
