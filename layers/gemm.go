@@ -235,7 +235,7 @@ func gpuGemmKernel(info vk.DeviceInfo) gemmKernel {
 	if info.MaxWorkgroupSize > 0 && info.MaxWorkgroupSize < 256 {
 		bm, bn = 32, 32 // 64 invocations of 4x4
 	}
-	if need := uint32(4 * bk * (bm + bn + 2)); info.MaxSharedMemory > 0 && info.MaxSharedMemory < need {
+	if need := uint32(4 * bk * (bm + bn + 8)); info.MaxSharedMemory > 0 && info.MaxSharedMemory < need {
 		bk = 8
 	}
 	wg := (bm / tm) * (bn / tn)
