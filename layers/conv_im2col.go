@@ -189,7 +189,9 @@ func (c *convIm2col) forwardChunk(s *vk.Stream, tmp convScratch, ch im2colPass, 
 		return err
 	}
 	groups := ceilDiv(g.cout, c.gemm.tileM) * ceilDiv(np, c.gemm.tileN)
-	sl := c.slices(k, groups, c.maxSlices)
+	// The partial products, [slices, Cout, pixels], must fit one segment.
+	most := min(c.maxSlices, int(s.Device().SegmentLimit()/(4*int64(g.cout*np))))
+	sl := c.slices(k, groups, most)
 	if sl == 1 && b == nil {
 		// One GEMM per image straight into y: y[n] = w * col[:, n*Ho*Wo:].
 		gp := gemmProblem{m: g.cout, n: hwo, k: k, batch: ch.nb,
