@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"testing"
 
@@ -482,5 +483,35 @@ func TestConv2dAllPadding(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestConvIm2colChoice checks where the GEMM convolutions run and how they
+// split a sum: GPUs only, into equal slices (a divisor of the sum) of at
+// least minSlice terms, no more than the device needs or the caller allows.
+func TestConvIm2colChoice(t *testing.T) {
+	if v := os.Getenv(kernelsEnv); v != "" {
+		t.Skipf("%s=%s: the kernels do not follow the device", kernelsEnv, v)
+	}
+	if c := chooseConvIm2col(vk.DeviceInfo{Type: "cpu", MaxTexelElements: 1 << 27, MaxStorageBufferRange: 1 << 29}); c != nil {
+		t.Errorf("cpu device: %+v, want the gather kernels", c)
+	}
+	c := chooseConvIm2col(vk.DeviceInfo{Type: "discrete-gpu", MaxWorkgroupSize: 1024, MaxSharedMemory: 48 << 10})
+	if c == nil {
+		t.Fatal("gpu: no GEMM convolutions")
+	}
+	for _, tc := range []struct{ k, groups, most, want int }{
+		{4608, 56, 16, 9},  // ResNet-50's 3x3 at 512 channels, 7x7: 9 slices of 512
+		{2304, 100, 16, 6}, // 256 channels, 14x14
+		{576, 392, 16, 2},  // 64 channels, 56x56: 392 groups want 2
+		{147, 1568, 16, 1}, // the stem fills the device
+		{4608, 56, 4, 4},   // the caller's bound
+		{127, 1, 16, 1},    // a prime: no equal slices
+		{256, 1, 16, 2},    // slices of at least minSlice (128)
+		{1, 1, 16, 1},
+	} {
+		if got := c.slices(tc.k, tc.groups, tc.most); got != tc.want {
+			t.Errorf("slices(%d, %d, %d) = %d, want %d", tc.k, tc.groups, tc.most, got, tc.want)
+		}
 	}
 }
