@@ -64,6 +64,15 @@ type result struct {
 	// work before it drains.
 	Dispatches int `json:"dispatches,omitempty"`
 	Barriers   int `json:"barriers,omitempty"`
+	// Calls is, with --profile, each kernel's dispatches per run.
+	Calls map[string]int `json:"calls,omitempty"`
+}
+
+// runStats is what one recorded run holds: its dispatches and barriers, and
+// the dispatches of each timed kernel.
+type runStats struct {
+	dispatches, barriers int
+	calls                map[string]int
 }
 
 // options are the measurement settings.
@@ -115,7 +124,7 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]re
 	}
 	times := make([][]float64, 1+len(c.parts)) // the whole, then each part
 	kernels := map[string][]float64{}
-	var stats [2]int
+	var stats runStats
 	for range opts.repeat {
 		total, byLabel, err := timeRun(ctx, s, w, timer == "gpu", &stats)
 		if err != nil {
@@ -154,7 +163,7 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]re
 		r.GFLOPS = c.flops / r.Seconds / 1e9
 	}
 	if opts.profile {
-		r.Dispatches, r.Barriers = stats[0], stats[1]
+		r.Dispatches, r.Barriers, r.Calls = stats.dispatches, stats.barriers, stats.calls
 	}
 	if len(kernels) > 0 {
 		r.Kernels = map[string]float64{}
@@ -183,8 +192,8 @@ func measure(ctx context.Context, d *vk.Device, c benchCase, opts options) ([]re
 
 // timeRun records and runs one run of w, returning its duration and, with
 // GPU timestamps, the time of each interval that ends at a labelled mark;
-// stats receives the run's dispatch and barrier counts.
-func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool, stats *[2]int) (float64, map[string]float64, error) {
+// stats receives the run's counts.
+func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool, stats *runStats) (float64, map[string]float64, error) {
 	if gpu {
 		if err := s.Mark("start"); err != nil {
 			return 0, nil, err
@@ -193,7 +202,7 @@ func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool, stats *[2
 	if err := w.record(s); err != nil {
 		return 0, nil, err
 	}
-	stats[0], stats[1] = s.Stats()
+	stats.dispatches, stats.barriers = s.Stats()
 	if !gpu {
 		start := time.Now()
 		if err := s.Run(ctx); err != nil {
@@ -209,10 +218,13 @@ func timeRun(ctx context.Context, s *vk.Stream, w *workload, gpu bool, stats *[2
 	}
 	var total float64
 	byLabel := map[string]float64{}
+	calls := map[string]int{}
 	for _, t := range s.Timings() {
 		total += t.Seconds
 		byLabel[t.Label] += t.Seconds
+		calls[t.Label]++
 	}
+	stats.calls = calls
 	return total, byLabel, nil
 }
 
@@ -276,6 +288,6 @@ func writeProfile(w io.Writer, r result) {
 	fmt.Fprintf(w, "%s %s: device time per kernel (median of %d profiled runs; %d dispatches, %d barriers a run)\n",
 		r.Name, r.Shape, r.Repeats, r.Dispatches, r.Barriers)
 	for _, k := range names {
-		fmt.Fprintf(w, "  %-36s %10.3f ms %5.1f%%\n", k, r.Kernels[k]*1e3, 100*r.Kernels[k]/r.Seconds)
+		fmt.Fprintf(w, "  %-36s %10.3f ms %5.1f%% %5dx\n", k, r.Kernels[k]*1e3, 100*r.Kernels[k]/r.Seconds, r.Calls[k])
 	}
 }
