@@ -6,9 +6,10 @@ import (
 	"github.com/e2mcvk/e2mcvk/vk"
 )
 
-// On GPUs the forward convolution and its backward pass for the input run as
-// explicit GEMMs on gemm_tiled.comp, the fastest kernel of the library there,
-// with the pixels gathered into (or scattered from) a column matrix by
+// On GPUs the convolutions (the forward pass and the backward passes for the
+// input and the weights) run as explicit GEMMs on gemm_tiled.comp, the
+// fastest kernel of the library there, with the pixels gathered into (or
+// scattered from) a column matrix by
 // elementwise kernels:
 //
 //	forward:   col[ci][kh][kw][p] = x at the tap (conv_im2col.comp), then
@@ -21,7 +22,8 @@ import (
 // The gather kernel (conv_gather_tiled.comp), an implicit GEMM that stages
 // the same operands in shared memory, ran the ResNet-50 layers with few
 // pixels at 0.07-0.17x cuDNN's speed on an H100: too few output tiles to fill
-// the GPU, and a slower inner loop. Here the column matrix costs a write and
+// the GPU, and a slower inner loop; this way they run at 0.9-1.3x
+// (BENCHMARKS.md). Here the column matrix costs a write and
 // a read of memory, and a GEMM whose output tiles cannot fill the device is
 // split along its sum into slices that separate workgroups compute into a
 // temporary buffer, which conv_gemm_sum.comp (forward, with the bias) or Sum
