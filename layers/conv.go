@@ -89,6 +89,10 @@ func (g convGeom) xShape() []int { return []int{g.n, g.cin, g.h, g.w} }
 func (g convGeom) wShape() []int { return []int{g.cout, g.cin, g.kh, g.kw} }
 func (g convGeom) yShape() []int { return []int{g.n, g.cout, g.ho, g.wo} }
 
+// colRows returns Cin*KH*KW: the rows of a column matrix (conv_im2col.go),
+// the columns of the weights as a matrix.
+func (g convGeom) colRows() int { return g.cin * g.kh * g.kw }
+
 // pointwise reports whether the convolution is a plain matrix product per
 // image: a 1x1 kernel at stride 1 without padding.
 func (g convGeom) pointwise() bool {
@@ -162,10 +166,11 @@ func conv2dForward(s *vk.Stream, y, x, w, b *Tensor, p ConvParams, cfg convConfi
 		return convPointwiseForward(s, cfg.tmp, g, y, x, w, b)
 	}
 	if cfg.im2col != nil {
-		if ok, err := cfg.im2col.forward(s, cfg.tmp, g, y, x, w, b); ok || err != nil {
-			if err != nil {
-				return fmt.Errorf("%s: %w", op, err)
-			}
+		done, err := cfg.im2col.forward(s, cfg.tmp, g, y, x, w, b)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		if done {
 			return nil
 		}
 	}
@@ -235,10 +240,11 @@ func conv2dBackwardData(s *vk.Stream, dx, g, w *Tensor, p ConvParams, cfg convCo
 		return convPointwiseData(s, geo, dx, g, w)
 	}
 	if cfg.im2col != nil {
-		if ok, err := cfg.im2col.data(s, cfg.tmp, geo, dx, g, w); ok || err != nil {
-			if err != nil {
-				return fmt.Errorf("%s: %w", op, err)
-			}
+		done, err := cfg.im2col.data(s, cfg.tmp, geo, dx, g, w)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		if done {
 			return nil
 		}
 	}

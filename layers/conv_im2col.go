@@ -115,19 +115,19 @@ func fitsOne(ts ...*Tensor) bool {
 	return true
 }
 
-// chunks returns the chunks of n images for a column matrix of k rows, or
-// nil where a chunk's operands (the images of each of ts, and the column
-// matrix itself) do not each fit one buffer segment.
-func (c *convIm2col) chunks(d *vk.Device, g convGeom, k int, ts ...*Tensor) []im2colPass {
-	nb := c.chunk(g.n, k, g.ho*g.wo)
+// chunks returns the chunks of g's images, or nil where an operand does not
+// fit one buffer segment: a chunk's images of each of batched, the whole of
+// each of whole (nil ones skipped), or the chunk's column matrix.
+func (c *convIm2col) chunks(d *vk.Device, g convGeom, batched, whole []*Tensor) []im2colPass {
+	nb := c.chunk(g.n, g.colRows(), g.ho*g.wo)
 	nb = min(nb, maxGridPixels/max(g.ho*g.wo, g.h*g.w))
-	if nb < 1 || int64(k)*int64(nb*g.ho*g.wo)*4 > d.SegmentLimit() || max(g.cin, g.cout) > maxGroupsX {
+	if nb < 1 || int64(g.colRows())*int64(nb*g.ho*g.wo)*4 > d.SegmentLimit() || max(g.cin, g.cout) > maxGroupsX || !fitsOne(whole...) {
 		return nil
 	}
 	var out []im2colPass
 	for n0 := 0; n0 < g.n; n0 += nb {
 		ch := im2colPass{g: g, n0: n0, nb: min(nb, g.n-n0)}
-		for _, t := range ts {
+		for _, t := range batched {
 			if !fitsOne(t.Narrow(0, ch.n0, ch.nb)) {
 				return nil
 			}
@@ -141,7 +141,7 @@ func (c *convIm2col) chunks(d *vk.Device, g convGeom, k int, ts ...*Tensor) []im
 // kernels bind whole; done gives it back.
 func (c im2colPass) column(tmp convScratch) (*Tensor, error) {
 	g := c.g
-	col, err := tmp.alloc(g.cin*g.kh*g.kw, c.pixels())
+	col, err := tmp.alloc(g.colRows(), c.pixels())
 	if err != nil {
 		return nil, err
 	}
@@ -166,9 +166,8 @@ func (c im2colPass) im2col(s *vk.Stream, col, x *Tensor) error {
 // forward records y = conv2d(x, w) + b as im2col and GEMM; ok is false
 // (nothing recorded) where an operand does not fit one buffer segment.
 func (c *convIm2col) forward(s *vk.Stream, tmp convScratch, g convGeom, y, x, w, b *Tensor) (ok bool, err error) {
-	k := g.cin * g.kh * g.kw
-	chunks := c.chunks(s.Device(), g, k, x, y)
-	if chunks == nil || !fitsOne(w, b) {
+	chunks := c.chunks(s.Device(), g, []*Tensor{x, y}, []*Tensor{w, b})
+	if chunks == nil {
 		return false, nil
 	}
 	for _, ch := range chunks {
@@ -181,7 +180,7 @@ func (c *convIm2col) forward(s *vk.Stream, tmp convScratch, g convGeom, y, x, w,
 
 func (c *convIm2col) forwardChunk(s *vk.Stream, tmp convScratch, ch im2colPass, y, x, w, b *Tensor) error {
 	g := ch.g
-	k, np, hwo := g.cin*g.kh*g.kw, ch.pixels(), g.ho*g.wo
+	k, np, hwo := g.colRows(), ch.pixels(), g.ho*g.wo
 	col, err := ch.column(tmp)
 	if err != nil {
 		return err
@@ -236,9 +235,8 @@ func (c *convIm2col) forwardChunk(s *vk.Stream, tmp convScratch, ch im2colPass, 
 // matrix and col2im; ok is false (nothing recorded) where an operand does
 // not fit one buffer segment.
 func (c *convIm2col) data(s *vk.Stream, tmp convScratch, g convGeom, dx, gy, w *Tensor) (ok bool, err error) {
-	k := g.cin * g.kh * g.kw
-	chunks := c.chunks(s.Device(), g, k, dx, gy)
-	if chunks == nil || !fitsOne(w) {
+	chunks := c.chunks(s.Device(), g, []*Tensor{dx, gy}, []*Tensor{w})
+	if chunks == nil {
 		return false, nil
 	}
 	for _, ch := range chunks {
@@ -251,7 +249,7 @@ func (c *convIm2col) data(s *vk.Stream, tmp convScratch, g convGeom, dx, gy, w *
 
 func (c *convIm2col) dataChunk(s *vk.Stream, tmp convScratch, ch im2colPass, dx, gy, w *Tensor) error {
 	g := ch.g
-	k, np, hwo := g.cin*g.kh*g.kw, ch.pixels(), g.ho*g.wo
+	k, np, hwo := g.colRows(), ch.pixels(), g.ho*g.wo
 	dcol, err := ch.column(tmp)
 	if err != nil {
 		return err
@@ -281,11 +279,11 @@ func (c *convIm2col) dataChunk(s *vk.Stream, tmp convScratch, ch im2colPass, dx,
 // products of all slices go to a temporary [slices, Cout, K] that Sum adds
 // into dw, unless there is one.
 func (c *convIm2col) weight(s *vk.Stream, tmp convScratch, g convGeom, dw, x, gy *Tensor) (ok bool, err error) {
-	k := g.cin * g.kh * g.kw
-	chunks := c.chunks(s.Device(), g, k, x, gy)
-	if chunks == nil || !fitsOne(dw) {
+	chunks := c.chunks(s.Device(), g, []*Tensor{x, gy}, []*Tensor{dw})
+	if chunks == nil {
 		return false, nil
 	}
+	k := g.colRows()
 	groups := ceilDiv(g.cout, c.gemm.tileM) * ceilDiv(k, c.gemm.tileN)
 	slices, total := make([]int, len(chunks)), 0
 	for i, ch := range chunks {
@@ -327,7 +325,7 @@ func (c *convIm2col) weight(s *vk.Stream, tmp convScratch, g convGeom, dw, x, gy
 // part ([sl, Cout, K], or dw as [Cout, K] where sl is the only slice).
 func (c *convIm2col) weightChunk(s *vk.Stream, tmp convScratch, ch im2colPass, part *Tensor, sl int, x, gy *Tensor) error {
 	g := ch.g
-	k, np := g.cin*g.kh*g.kw, ch.pixels()
+	k, np := g.colRows(), ch.pixels()
 	col, err := ch.column(tmp)
 	if err != nil {
 		return err
