@@ -72,7 +72,8 @@ static void e2_bind_buffers(VkDevice dev, VkDescriptorSet set, uint32_t n,
 }
 
 static VkResult e2_create_texel_view(VkDevice dev, VkBuffer buf, VkFormat format, VkDeviceSize off, VkDeviceSize size, VkBufferView *out) {
-	PFN_vkCreateBufferView f = (PFN_vkCreateBufferView)e2_sym("vkCreateBufferView");
+	static PFN_vkCreateBufferView f; // looked up once: views are made per dispatch
+	if (!f) f = (PFN_vkCreateBufferView)e2_sym("vkCreateBufferView");
 	if (!f) return VK_ERROR_INITIALIZATION_FAILED;
 	VkBufferViewCreateInfo ci = {VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO, NULL, 0, buf, format, off, size};
 	return f(dev, &ci, NULL, out);
