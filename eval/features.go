@@ -194,35 +194,7 @@ func (e *Extractor) Forward(tp *layers.Tape, x *layers.Var) *layers.Var {
 	if e.pool == 0 {
 		return e.net.Forward(tp, x)
 	}
-	return tp.Flatten(tp.AvgPool2d(resNetMap(tp, e.net, x), layers.PoolParams{Kernel: [2]int{e.pool, e.pool}, Stride: [2]int{1, 1}}))
-}
-
-// resNetMap runs r up to its res5 map [N, C, H, W], as r.Forward does
-// before its global pooling. (layers.ResNet does not export the map, so the
-// trunk is walked here through the exported layers.)
-func resNetMap(tp *layers.Tape, r *layers.ResNet, x *layers.Var) *layers.Var {
-	h := tp.Relu(r.BN1.Forward(tp, r.Conv1.Forward(tp, x), r.Training))
-	if !r.Config.SmallStem {
-		h = tp.MaxPool2d(h, layers.PoolParams{Kernel: [2]int{3, 3}, Stride: [2]int{2, 2}, Padding: [2]int{1, 1}})
-	}
-	for _, stage := range r.Layers {
-		for _, blk := range stage {
-			y := h
-			last := len(blk.Convs) - 1
-			for i, c := range blk.Convs {
-				y = blk.BNs[i].Forward(tp, c.Forward(tp, y), r.Training)
-				if i < last {
-					y = tp.Relu(y)
-				}
-			}
-			id := h
-			if blk.Down != nil {
-				id = blk.DownBN.Forward(tp, blk.Down.Forward(tp, h), r.Training)
-			}
-			h = tp.Relu(tp.Add(y, id))
-		}
-	}
-	return h
+	return tp.Flatten(tp.AvgPool2d(e.net.FeatureMap(tp, x), layers.PoolParams{Kernel: [2]int{e.pool, e.pool}, Stride: [2]int{1, 1}}))
 }
 
 // Batch computes the features of n preprocessed images data [n, 3, h, w]

@@ -35,6 +35,36 @@ func (tp *Tape) Add(a, b *Var) *Var {
 	})
 }
 
+// AddRelu returns relu(a + b) for values of one shape, as one op: the
+// residual connection of a ResNet block with the ReLU after it. Forward it
+// is one pass instead of two; backward the masked gradient is made once
+// and copied for the second input (two dispatches instead of three).
+func (tp *Tape) AddRelu(a, b *Var) *Var {
+	if !tp.ok(a, b) {
+		return nil
+	}
+	y := tp.alloc("add and relu", a.Value.shape...)
+	if y == nil {
+		return nil
+	}
+	tp.Fail("add and relu", binaryOp(tp.s, binAddRelu, y, a.Value, b.Value, 0))
+	return tp.record(y, []*Var{a, b}, func(g *Tensor) []*Tensor {
+		da := tp.alloc("add and relu backward", g.shape...)
+		if da == nil {
+			return nil
+		}
+		tp.Fail("add and relu backward", binaryOp(tp.s, binReluGrad, da, g, y, 0))
+		switch {
+		case !b.requiresGrad:
+			return []*Tensor{da, nil}
+		case !a.requiresGrad:
+			return []*Tensor{nil, da}
+		}
+		// Each input takes its gradient over (Backward adds into it).
+		return []*Tensor{da, tp.clone(da)}
+	})
+}
+
 // clone returns a tape-owned copy of t (a contiguous tensor).
 func (tp *Tape) clone(t *Tensor) *Tensor {
 	c := tp.alloc("copy", t.shape...)

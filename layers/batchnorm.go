@@ -105,6 +105,20 @@ func (bn *BatchNorm) Release() {
 // small spread keeps its digits as in the single-replica kernels. Either
 // pass then runs the stream once and makes one AllReduce.
 func (bn *BatchNorm) Forward(tp *Tape, x *Var, training bool) *Var {
+	return bn.forward(tp, x, training, false)
+}
+
+// ForwardRelu records relu(batch normalisation of x), the pair that follows
+// most convolutions of a ResNet and the hidden linears of an MLP head, as
+// one op: the ReLU rides on the normalising pass forward, and backward the
+// gradient is masked by the output inside batch normalisation's own passes
+// (ReLU's gradient, like PyTorch's, is taken where the output is positive).
+// That saves a pass over the activation and a dispatch each way.
+func (bn *BatchNorm) ForwardRelu(tp *Tape, x *Var, training bool) *Var {
+	return bn.forward(tp, x, training, true)
+}
+
+func (bn *BatchNorm) forward(tp *Tape, x *Var, training, relu bool) *Var {
 	if !tp.ok(x) {
 		return nil
 	}
@@ -138,9 +152,9 @@ func (bn *BatchNorm) Forward(tp *Tape, x *Var, training bool) *Var {
 	sync := training && tp.parallel()
 	var global int
 	if sync {
-		global, err = bnForwardSync(tp, g, y, x.Value, w, b, bn.RunningMean, bn.RunningVar, stats, bn.Momentum, bn.Eps)
+		global, err = bnForwardSync(tp, g, y, x.Value, w, b, bn.RunningMean, bn.RunningVar, stats, relu, bn.Momentum, bn.Eps)
 	} else {
-		err = bnForward(tp.s, g, y, x.Value, w, b, bn.RunningMean, bn.RunningVar, stats, training, bn.Momentum, bn.Eps)
+		err = bnForward(tp.s, g, y, x.Value, w, b, bn.RunningMean, bn.RunningVar, stats, training, relu, bn.Momentum, bn.Eps)
 	}
 	if err != nil {
 		tp.Fail(op, err)
@@ -162,6 +176,10 @@ func (bn *BatchNorm) Forward(tp *Tape, x *Var, training bool) *Var {
 		return tp.record(y, inputs, nil)
 	}
 	xv := x.Value
+	var mask *Tensor // the gradient counts where the fused ReLU's output is positive
+	if relu {
+		mask = y
+	}
 	return tp.record(y, inputs, func(gy *Tensor) []*Tensor {
 		defer tp.release(stats)
 		const op = "batchnorm backward"
@@ -179,11 +197,11 @@ func (bn *BatchNorm) Forward(tp *Tape, x *Var, training bool) *Var {
 		}
 		var err error
 		if sync && dx != nil {
-			err = bnBackwardSync(tp, g, global, dx, dw, db, gy, xv, w, stats)
+			err = bnBackwardSync(tp, g, global, dx, dw, db, gy, mask, xv, w, stats)
 		} else {
 			// Without dx nothing crosses replicas: the weight and bias
 			// gradients are this replica's sums either way.
-			err = bnBackward(tp.s, g, dx, dw, db, gy, xv, w, stats, training)
+			err = bnBackward(tp.s, g, dx, dw, db, gy, mask, xv, w, stats, training)
 		}
 		if err != nil {
 			tp.Fail(op, err)
@@ -217,7 +235,7 @@ func BatchNormForward(s *vk.Stream, y, x, weight, bias, runningMean, runningVar 
 		return fmt.Errorf("batchnorm: %w", err)
 	}
 	s.AfterRun(stats.Release)
-	if err := bnForward(s, g, y, x, weight, bias, runningMean, runningVar, stats, training, momentum, eps); err != nil {
+	if err := bnForward(s, g, y, x, weight, bias, runningMean, runningVar, stats, training, false, momentum, eps); err != nil {
 		return fmt.Errorf("batchnorm: %w", err)
 	}
 	return nil
@@ -317,14 +335,15 @@ func bnCheck(x, w, b, rm, rv *Tensor, training bool) (bnGeom, error) {
 }
 
 // bnForward records the forward pass: the statistics into stats, running
-// statistics updated when training, y normalised.
-func bnForward(s *vk.Stream, g bnGeom, y, x, w, b, rm, rv, stats *Tensor, training bool, momentum, eps float32) error {
+// statistics updated when training, y normalised (and passed through a ReLU
+// with relu).
+func bnForward(s *vk.Stream, g bnGeom, y, x, w, b, rm, rv, stats *Tensor, training, relu bool, momentum, eps float32) error {
 	mode := bnFinalEval
 	var parts *Tensor
 	nparts := 0
 	if training {
 		var err error
-		parts, nparts, err = bnReduce(s, g, bnReduceForward, x, nil, nil)
+		parts, nparts, err = bnReduce(s, g, bnReduceForward, x, nil, nil, nil)
 		if err != nil {
 			return err
 		}
@@ -333,13 +352,14 @@ func bnForward(s *vk.Stream, g bnGeom, y, x, w, b, rm, rv, stats *Tensor, traini
 	if err := bnFinalize(s, g, mode, parts, nparts, stats, w, b, rm, rv, nil, nil, momentum, eps, 0); err != nil {
 		return err
 	}
-	return bnApply(s, g, bnApplyForward, y, x, nil, stats)
+	return bnApply(s, g, bnApplyForward, relu, y, x, nil, nil, stats)
 }
 
 // bnBackward records the backward pass from dy: dx (unless nil), dw and db
 // (unless nil), with the statistics the forward left in stats (whose
-// gradient rows it fills).
-func bnBackward(s *vk.Stream, g bnGeom, dx, dw, db, dy, x, w, stats *Tensor, training bool) error {
+// gradient rows it fills). m is the output of a forward fused with its ReLU,
+// whose positive elements select the dy that count, or nil.
+func bnBackward(s *vk.Stream, g bnGeom, dx, dw, db, dy, m, x, w, stats *Tensor, training bool) error {
 	var parts *Tensor
 	nparts := 0
 	flags := 0
@@ -353,7 +373,7 @@ func bnBackward(s *vk.Stream, g bnGeom, dx, dw, db, dy, x, w, stats *Tensor, tra
 	// parameters' gradients; the affine backward of evaluation needs none.
 	if training || dw != nil {
 		var err error
-		parts, nparts, err = bnReduce(s, g, bnReduceBackward, x, dy, stats)
+		parts, nparts, err = bnReduce(s, g, bnReduceBackward, x, dy, m, stats)
 		if err != nil {
 			return err
 		}
@@ -364,7 +384,7 @@ func bnBackward(s *vk.Stream, g bnGeom, dx, dw, db, dy, x, w, stats *Tensor, tra
 	if dx == nil {
 		return nil
 	}
-	return bnApply(s, g, bnApplyBackward, dx, x, dy, stats)
+	return bnApply(s, g, bnApplyBackward, m != nil, dx, x, dy, m, stats)
 }
 
 // bnPartFloats are the float32 words of one Part (batchnorm_common.glsl):
@@ -375,9 +395,9 @@ const bnPartFloats = 4
 // tape's replicas: partial sums, a run and download, the global statistics
 // merged on the host, then the finalize and apply kernels from one uploaded
 // Part per channel. It returns the values per channel over all replicas.
-func bnForwardSync(tp *Tape, g bnGeom, y, x, w, b, rm, rv, stats *Tensor, momentum, eps float32) (int, error) {
+func bnForwardSync(tp *Tape, g bnGeom, y, x, w, b, rm, rv, stats *Tensor, relu bool, momentum, eps float32) (int, error) {
 	s, ctx, coll := tp.s, tp.ctx, tp.coll
-	parts, nparts, err := bnReduceParts(s, g, bnReduceForward, x, nil, nil, true)
+	parts, nparts, err := bnReduceParts(s, g, bnReduceForward, x, nil, nil, nil, true)
 	if err != nil {
 		return 0, err
 	}
@@ -438,15 +458,15 @@ func bnForwardSync(tp *Tape, g bnGeom, y, x, w, b, rm, rv, stats *Tensor, moment
 	if err := bnFinalize(s, g, bnFinalTrain, gp, 1, stats, w, b, rm, rv, nil, nil, momentum, eps, 0); err != nil {
 		return 0, err
 	}
-	return global, bnApply(s, g, bnApplyForward, y, x, nil, stats)
+	return global, bnApply(s, g, bnApplyForward, relu, y, x, nil, nil, stats)
 }
 
 // bnBackwardSync records the training backward pass synchronised over the
 // tape's replicas: dw and db (unless nil) from this replica's sums, dx from
 // the sums over all replicas' global values per channel.
-func bnBackwardSync(tp *Tape, g bnGeom, global int, dx, dw, db, dy, x, w, stats *Tensor) error {
+func bnBackwardSync(tp *Tape, g bnGeom, global int, dx, dw, db, dy, m, x, w, stats *Tensor) error {
 	s, ctx, coll := tp.s, tp.ctx, tp.coll
-	parts, nparts, err := bnReduceParts(s, g, bnReduceBackward, x, dy, stats, true)
+	parts, nparts, err := bnReduceParts(s, g, bnReduceBackward, x, dy, m, stats, true)
 	if err != nil {
 		return err
 	}
@@ -489,7 +509,7 @@ func bnBackwardSync(tp *Tape, g bnGeom, global int, dx, dw, db, dy, x, w, stats 
 	if err := bnFinalize(s, gg, bnFinalBackward, gp, 1, stats, w, nil, nil, nil, nil, nil, 0, 0, bnFlagTraining); err != nil {
 		return err
 	}
-	return bnApply(s, g, bnApplyBackward, dx, x, dy, stats)
+	return bnApply(s, g, bnApplyBackward, m != nil, dx, x, dy, m, stats)
 }
 
 // bnUploadParts uploads one Part per channel (values of [1, C, 4]) for the
@@ -609,21 +629,26 @@ func bnShape(tu bnTuning, rows, cb, sb int) (wg, ty, chunk int) {
 // bnReduce records the partial sums of op over x (and dy) into a fresh
 // tensor of Parts [slots, C, 4], released once the stream has run (a
 // temporary released while recording could be handed to a tensor the caller
-// uploads to from the host before the recorded work has run).
-func bnReduce(s *vk.Stream, g bnGeom, op int, x, dy, stats *Tensor) (*Tensor, int, error) {
-	return bnReduceParts(s, g, op, x, dy, stats, false)
+// uploads to from the host before the recorded work has run). Backward, dy
+// counts only where m (unless nil: the output of a forward fused with its
+// ReLU) is positive.
+func bnReduce(s *vk.Stream, g bnGeom, op int, x, dy, m, stats *Tensor) (*Tensor, int, error) {
+	return bnReduceParts(s, g, op, x, dy, m, stats, false)
 }
 
 // bnReduceParts is bnReduce; with keep, the Parts are the caller's to
 // release (after running the stream: the synchronised batch norm downloads
 // them), except on error.
-func bnReduceParts(s *vk.Stream, g bnGeom, op int, x, dy, stats *Tensor, keep bool) (*Tensor, int, error) {
+func bnReduceParts(s *vk.Stream, g bnGeom, op int, x, dy, m, stats *Tensor, keep bool) (*Tensor, int, error) {
 	ops := []*Tensor{x}
-	if dy != nil {
-		if !slices.Equal(dy.shape, x.shape) || !dy.Contiguous() {
-			return nil, 0, fmt.Errorf("gradient %v for an input %v (both contiguous)", dy.shape, x.shape)
+	for _, t := range []*Tensor{dy, m} {
+		if t == nil {
+			continue
 		}
-		ops = append(ops, dy)
+		if !slices.Equal(t.shape, x.shape) || !t.Contiguous() {
+			return nil, 0, fmt.Errorf("gradient or mask %v for an input %v (all contiguous)", t.shape, x.shape)
+		}
+		ops = append(ops, t)
 	}
 	whole := box{hi: [maxRank]int{g.n, g.c, g.s}}
 	boxes, err := split(whole, bnOuterMost, func(b box) bool {
@@ -715,6 +740,10 @@ func bnReduceParts(s *vk.Stream, g bnGeom, op int, x, dy, stats *Tensor, keep bo
 		if dy != nil {
 			dyArg, dyOff, _ = dy.locate(first, count, false)
 		}
+		mArg, mOff := xArg, xOff
+		if m != nil {
+			mArg, mOff, _ = m.locate(first, count, false)
+		}
 		st := sArg
 		if stats == nil {
 			st = xArg
@@ -723,14 +752,14 @@ func bnReduceParts(s *vk.Stream, g bnGeom, op int, x, dy, stats *Tensor, keep bo
 		c, sz, cb, sb := g.c, g.s, p.b.size(1), p.b.size(2)
 		switch p.vec {
 		case bnVecPlane:
-			sz, sb, xOff, dyOff = sz/4, sb/4, xOff/4, dyOff/4
+			sz, sb, xOff, dyOff, mOff = sz/4, sb/4, xOff/4, dyOff/4, mOff/4
 		case bnVecChannels:
-			c, cb, xOff, dyOff = c/4, cb/4, xOff/4, dyOff/4
+			c, cb, xOff, dyOff, mOff = c/4, cb/4, xOff/4, dyOff/4, mOff/4
 		}
 		push := Push{}.U32(uint32(c), uint32(sz), uint32(p.b.size(0)), uint32(cb), uint32(sb),
-			uint32(p.chunk), uint32(p.cg), xOff, dyOff, uint32(p.b.lo[1]), uint32(p.pbase), uint32(slots), sOff, pOff/4, uint32(g.c))
-		if err := Launch(s, "batchnorm_reduce", []uint32{uint32(p.wg), uint32(p.ty), uint32(op), specFlag(acc), uint32(p.vec)},
-			Grid(p.cg*p.chunks), push, xArg, dyArg, st, pArg); err != nil {
+			uint32(p.chunk), uint32(p.cg), xOff, dyOff, uint32(p.b.lo[1]), uint32(p.pbase), uint32(slots), sOff, pOff/4, uint32(g.c), mOff)
+		if err := Launch(s, "batchnorm_reduce", []uint32{uint32(p.wg), uint32(p.ty), uint32(op), specFlag(acc), uint32(p.vec), specFlag(m != nil)},
+			Grid(p.cg*p.chunks), push, xArg, dyArg, st, pArg, mArg); err != nil {
 			return fail(err)
 		}
 	}
@@ -773,15 +802,22 @@ func bnFinalize(s *vk.Stream, g bnGeom, mode int, parts *Tensor, nparts int, sta
 
 // bnApply records batchnorm_apply.comp in mode over x (and dy) into y:
 // in vec4 units where the planes (or, for [N, C], the rows) and each piece's
-// offsets allow, else element by element.
-func bnApply(s *vk.Stream, g bnGeom, mode int, y, x, dy, stats *Tensor) error {
+// offsets allow, else element by element. With relu the forward is fused
+// with a ReLU, and the backward takes dy where m, that forward's output, is
+// positive.
+func bnApply(s *vk.Stream, g bnGeom, mode int, relu bool, y, x, dy, m, stats *Tensor) error {
 	sArg, sOff, err := Bind(stats, false)
 	if err != nil {
 		return fmt.Errorf("statistics: %w", err)
 	}
+	if relu && mode == bnApplyBackward && m == nil {
+		return fmt.Errorf("the backward of a batch norm fused with its ReLU needs the forward's output")
+	}
 	ops := []operand{{x, false}, {y, true}}
-	if dy != nil {
-		ops = append(ops, operand{dy, false})
+	for _, t := range []*Tensor{dy, m} {
+		if t != nil {
+			ops = append(ops, operand{t, false})
+		}
 	}
 	for _, o := range ops {
 		if !slices.Equal(o.t.shape, x.shape) || !o.t.Contiguous() {
@@ -817,19 +853,23 @@ func bnApply(s *vk.Stream, g bnGeom, mode int, y, x, dy, stats *Tensor) error {
 		if dy != nil {
 			dyArg, dyOff, _ = dy.locate(lo, n, false)
 		}
+		mArg, mOff := xArg, xOff
+		if m != nil {
+			mArg, mOff, _ = m.locate(lo, n, false)
+		}
 		v, u := vec, uint32(unit)
-		if (xOff|yOff|dyOff)%4 != 0 {
+		if (xOff|yOff|dyOff|mOff)%4 != 0 {
 			v, u = bnVecNone, 1 // a segment that starts off the vec4 grid
 		}
-		push := Push{}.U32(uint32(n)/u, uint32(lo)/u, xOff/u, dyOff/u, yOff/u, sOff, uint32(g.c), uint32(g.s), sm, sl, cm, cl)
+		push := Push{}.U32(uint32(n)/u, uint32(lo)/u, xOff/u, dyOff/u, yOff/u, sOff, uint32(g.c), uint32(g.s), sm, sl, cm, cl, mOff/u)
 		invocations := ceilDiv(n/int(u), per)
 		if v == bnVecChannels {
 			// Blocks of per rows, one invocation per four channels.
 			c4 := g.c / 4
 			invocations = ceilDiv(n/int(u), per*c4) * c4
 		}
-		if err := Launch(s, "batchnorm_apply", []uint32{bnApplyGroup, uint32(per), uint32(mode), uint32(v)},
-			Grid(ceilDiv(invocations, bnApplyGroup)), push, xArg, dyArg, sArg, yArg); err != nil {
+		if err := Launch(s, "batchnorm_apply", []uint32{bnApplyGroup, uint32(per), uint32(mode), uint32(v), specFlag(relu)},
+			Grid(ceilDiv(invocations, bnApplyGroup)), push, xArg, dyArg, sArg, yArg, mArg); err != nil {
 			return err
 		}
 	}

@@ -132,14 +132,16 @@ func TestBatchNormTrainGrad(t *testing.T) {
 	for _, tc := range cases {
 		for _, tuning := range []string{"cpu", "gpu"} {
 			t.Setenv(bnTuningEnv, tuning)
-			checkBatchNormTrain(t, tuning, tc.shape, tc.affine, tc.bigMean)
+			for _, relu := range []bool{false, true} {
+				checkBatchNormTrain(t, tuning, tc.shape, tc.affine, tc.bigMean, relu)
+			}
 		}
 	}
 }
 
 // checkBatchNormTrain checks training-mode batch normalisation of one shape
-// under one tuning of the kernels.
-func checkBatchNormTrain(t *testing.T, tuning string, shape []int, affine bool, bigMean int) {
+// under one tuning of the kernels, fused with the ReLU after it if relu.
+func checkBatchNormTrain(t *testing.T, tuning string, shape []int, affine bool, bigMean int, relu bool) {
 	_, c, _ := bnDims(shape)
 	inputs := [][]int{shape}
 	if affine {
@@ -151,23 +153,54 @@ func checkBatchNormTrain(t *testing.T, tuning string, shape []int, affine bool, 
 		// step of 1e-4 would leave a truncation error of 1e-4.
 		step = 1e-6
 	}
+	ref := func(in [][]float64) []float64 {
+		if affine {
+			return bnTrainRef(in[0], shape, in[1], in[2])
+		}
+		return bnTrainRef(in[0], shape, nil, nil)
+	}
+	if relu {
+		ref = reluAfter(ref)
+	}
 	checkGrad(t, gradCase{
-		name:   fmt.Sprintf("%s/%v/affine=%v/big=%d", tuning, shape, affine, bigMean),
+		name:   fmt.Sprintf("%s/%v/affine=%v/big=%d/relu=%v", tuning, shape, affine, bigMean, relu),
 		inputs: inputs,
 		init:   bnInit(shape, bigMean),
 		op: func(tp *Tape, in []*Var) *Var {
 			bn, release := testBatchNorm(tp, c, in)
 			defer release()
+			if relu {
+				return bn.ForwardRelu(tp, in[0], true)
+			}
 			return bn.Forward(tp, in[0], true)
 		},
-		ref: func(in [][]float64) []float64 {
-			if affine {
-				return bnTrainRef(in[0], shape, in[1], in[2])
-			}
-			return bnTrainRef(in[0], shape, nil, nil)
-		},
+		ref:    ref,
 		fwdTol: bnFwdTol, gradTol: bnGradTol, step: step,
 	})
+}
+
+// reluAfter returns ref followed by a ReLU whose mask is taken from ref's
+// first call, the unperturbed inputs (checkGrad's forward check): the
+// finite differences then give the derivative at the inputs themselves, as
+// autograd does, also for an output that a difference step would carry
+// across 0, where a free ReLU would bend the difference.
+func reluAfter(ref func([][]float64) []float64) func([][]float64) []float64 {
+	var mask []bool
+	return func(in [][]float64) []float64 {
+		y := ref(in)
+		if mask == nil {
+			mask = make([]bool, len(y))
+			for i, v := range y {
+				mask[i] = v > 0
+			}
+		}
+		for i := range y {
+			if !mask[i] {
+				y[i] = 0
+			}
+		}
+		return y
+	}
 }
 
 // testBatchNorm makes a layer of c channels on the tape's device whose
@@ -192,7 +225,8 @@ func testBatchNorm(tp *Tape, c int, in []*Var) (*BatchNorm, func()) {
 }
 
 func TestBatchNormEvalGrad(t *testing.T) {
-	for _, shape := range [][]int{{7, 13}, {1, 5}, {2, 5, 17, 19}, {2, 1, 7, 3}} {
+	for i, shape := range [][]int{{7, 13}, {1, 5}, {2, 5, 17, 19}, {2, 1, 7, 3}, {3, 8}, {2, 4, 6, 6}} {
+		relu := i >= 4 // a linear and a convolutional shape fused with a ReLU
 		_, c, _ := bnDims(shape)
 		rm, rv := make([]float64, c), make([]float64, c)
 		for i, z := range randn(9, 2*c) {
@@ -202,8 +236,14 @@ func TestBatchNormEvalGrad(t *testing.T) {
 				rv[i-c] = 0.25 + float64(z*z)
 			}
 		}
+		ref := func(in [][]float64) []float64 {
+			return bnRef(in[0], shape, rm, rv, in[1], in[2], 1e-5)
+		}
+		if relu {
+			ref = reluAfter(ref)
+		}
 		checkGrad(t, gradCase{
-			name:   fmt.Sprint(shape),
+			name:   fmt.Sprintf("%v/relu=%v", shape, relu),
 			inputs: [][]int{shape, {c}, {c}},
 			init:   bnInit(shape, -1),
 			op: func(tp *Tape, in []*Var) *Var {
@@ -216,11 +256,12 @@ func TestBatchNormEvalGrad(t *testing.T) {
 				if err := bn.RunningVar.Upload(ctx, toF32(rv)); err != nil {
 					tp.Fail("test", err)
 				}
+				if relu {
+					return bn.ForwardRelu(tp, in[0], false)
+				}
 				return bn.Forward(tp, in[0], false)
 			},
-			ref: func(in [][]float64) []float64 {
-				return bnRef(in[0], shape, rm, rv, in[1], in[2], 1e-5)
-			},
+			ref:    ref,
 			fwdTol: bnFwdTol, gradTol: bnGradTol,
 		})
 	}

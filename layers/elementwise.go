@@ -24,9 +24,10 @@ const (
 	binScale
 	binAxpy
 	binReluGrad
+	binAddRelu
 )
 
-var binNames = [...]string{"add", "sub", "mul", "scale", "axpy", "relu gradient"}
+var binNames = [...]string{"add", "sub", "mul", "scale", "axpy", "relu gradient", "add and relu"}
 
 // fours returns the V4 specialization constant of the elementwise kernels
 // (binary.comp, unary.comp, optim_step.comp) and the elements an

@@ -84,10 +84,13 @@ func (m *MLP) Forward(tp *Tape, x *Var) *Var {
 	h := x
 	for i, l := range m.Linears {
 		h = l.Forward(tp, h)
-		if m.BNs[i] != nil {
+		hidden := i < len(m.Linears)-1
+		switch {
+		case m.BNs[i] != nil && hidden:
+			h = m.BNs[i].ForwardRelu(tp, h, m.Training)
+		case m.BNs[i] != nil:
 			h = m.BNs[i].Forward(tp, h, m.Training)
-		}
-		if i < len(m.Linears)-1 {
+		case hidden:
 			h = tp.Relu(h)
 		}
 	}

@@ -187,7 +187,18 @@ func (b *builder) linearBias(in, out int, bias bool) *Linear {
 // Forward runs the network on images x [N, C, H, W] and returns the logits
 // [N, Classes], or the pooled features [N, Features] without fc.
 func (r *ResNet) Forward(tp *Tape, x *Var) *Var {
-	h := tp.Relu(r.BN1.Forward(tp, r.Conv1.Forward(tp, x), r.Training))
+	h := tp.GlobalAvgPool(r.FeatureMap(tp, x))
+	if r.FC != nil {
+		h = r.FC.Forward(tp, h)
+	}
+	return h
+}
+
+// FeatureMap runs the network on images x [N, C, H, W] up to the last
+// stage's output [N, Features, H', W'] (res5 for the deep ones), before the
+// global pooling: the map the transfer evaluations pool their own way.
+func (r *ResNet) FeatureMap(tp *Tape, x *Var) *Var {
+	h := r.BN1.ForwardRelu(tp, r.Conv1.Forward(tp, x), r.Training)
 	if !r.Config.SmallStem {
 		h = tp.MaxPool2d(h, PoolParams{Kernel: [2]int{3, 3}, Stride: [2]int{2, 2}, Padding: [2]int{1, 1}})
 	}
@@ -196,10 +207,6 @@ func (r *ResNet) Forward(tp *Tape, x *Var) *Var {
 			h = blk.forward(tp, h, r.Training)
 		}
 	}
-	h = tp.GlobalAvgPool(h)
-	if r.FC != nil {
-		h = r.FC.Forward(tp, h)
-	}
 	return h
 }
 
@@ -207,16 +214,17 @@ func (blk *Block) forward(tp *Tape, x *Var, training bool) *Var {
 	h := x
 	last := len(blk.Convs) - 1
 	for i, c := range blk.Convs {
-		h = blk.BNs[i].Forward(tp, c.Forward(tp, h), training)
 		if i < last {
-			h = tp.Relu(h)
+			h = blk.BNs[i].ForwardRelu(tp, c.Forward(tp, h), training)
+		} else {
+			h = blk.BNs[i].Forward(tp, c.Forward(tp, h), training)
 		}
 	}
 	id := x
 	if blk.Down != nil {
 		id = blk.DownBN.Forward(tp, blk.Down.Forward(tp, x), training)
 	}
-	return tp.Relu(tp.Add(h, id))
+	return tp.AddRelu(h, id)
 }
 
 // State lists the parameters and buffers under torchvision's names.

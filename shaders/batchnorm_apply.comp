@@ -5,6 +5,10 @@
 //   0 forward:  y  = (x - shift) * scale + offset
 //   1 backward: dx = gdy * dy + gx * (x - shift) + gconst
 // with the per-channel rows of the statistics tensor (batchnorm_common.glsl).
+// RELU (specialization constant) fuses the ReLU that follows the layer in
+// ResNets and MLP heads: the forward writes max(y, 0); the backward takes
+// dy only where that output m (bound at 4) is positive, as ReLU's backward
+// does, so neither needs a pass of its own.
 // x - shift is exact for the values of a channel with a large mean and a
 // small spread (both lie within a factor of 2), so such a channel keeps its
 // digits.
@@ -28,6 +32,7 @@ layout(constant_id = 0) const uint WG = 256;
 layout(constant_id = 1) const uint PER = 4;
 layout(constant_id = 2) const uint MODE = 0;
 layout(constant_id = 3) const uint VEC = 0;
+layout(constant_id = 4) const uint RELU = 0;
 layout(local_size_x_id = 0) in;
 const uint UNIT = VEC == 0 ? 1 : 4;
 
@@ -39,6 +44,8 @@ layout(binding = 2) readonly buffer Stats { float stats[]; };
 layout(binding = 2) readonly buffer StatsV { vec4 statsv[]; };
 layout(binding = 3) writeonly buffer Y { float y[]; };
 layout(binding = 3) writeonly buffer YV { vec4 yv[]; };
+layout(binding = 4) readonly buffer M { float m[]; };
+layout(binding = 4) readonly buffer MV { vec4 mv[]; };
 layout(push_constant) uniform Push {
 	uint n;
 	uint lo; // the piece's first unit in x
@@ -50,6 +57,7 @@ layout(push_constant) uniform Push {
 	uint S;
 	uint smagic, sshift; // divMagic(S)
 	uint cmagic, cshift; // divMagic(C)
+	uint moff; // RELU backward: the mask's offset, in units like dyoff
 };
 
 // Row r of the statistics of the unit's channel c (VEC 2: of its four).
@@ -95,7 +103,14 @@ void main() {
 		vec4 v = (VEC == 0 ? vec4(x[xoff + i]) : xv[xoff + i]) - shift;
 		vec4 r = v * a + b;
 		if (MODE == 1) {
-			r += k * (VEC == 0 ? vec4(dy[dyoff + i]) : dyv[dyoff + i]);
+			vec4 d = VEC == 0 ? vec4(dy[dyoff + i]) : dyv[dyoff + i];
+			if (RELU != 0) {
+				vec4 out_ = VEC == 0 ? vec4(m[moff + i]) : mv[moff + i];
+				d = mix(vec4(0.0), d, greaterThan(out_, vec4(0.0)));
+			}
+			r += k * d;
+		} else if (RELU != 0) {
+			r = mix(r, vec4(0.0), lessThan(r, vec4(0.0))); // NaN stays NaN, as in PyTorch
 		}
 		if (VEC == 0) {
 			y[yoff + i] = r.x;

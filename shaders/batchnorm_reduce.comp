@@ -11,7 +11,9 @@
 // VEC (specialization constant) reads x and dy as vec4 units: 0 none; 1
 // four neighbouring positions of a plane (S, sb and the offsets are then
 // counted in units of 4); 2 four neighbouring channels of a row of [N, C]
-// (S = 1; C, cb, c0 and the offsets counted in units of 4). On CPU devices
+// (S = 1; C, cb, c0 and the offsets counted in units of 4). RELU
+// (specialization constant, OP 1) takes dy only where the output m of a
+// layer fused with its ReLU (bound at 4) is positive. On CPU devices
 // a vec4 load costs little more than a scalar one.
 //
 // A workgroup is TX x TY invocations (TX = WG / TY): TX neighbouring
@@ -32,6 +34,7 @@ layout(constant_id = 1) const uint TY = 256;
 layout(constant_id = 2) const uint OP = 0;
 layout(constant_id = 3) const uint ACC = 0;
 layout(constant_id = 4) const uint VEC = 0;
+layout(constant_id = 5) const uint RELU = 0;
 layout(local_size_x_id = 0) in;
 const uint TX = WG / TY;
 
@@ -41,6 +44,8 @@ layout(binding = 1) readonly buffer DY { float dy[]; };
 layout(binding = 1) readonly buffer DYV { vec4 dyv[]; };
 layout(binding = 2) readonly buffer Stats { float stats[]; };
 layout(binding = 3) buffer P { Part part[]; };
+layout(binding = 4) readonly buffer M { float m[]; };
+layout(binding = 4) readonly buffer MV { vec4 mv[]; };
 layout(push_constant) uniform Push {
 	uint C;        // channels (units) of x
 	uint S;        // plane size (units) of x
@@ -57,6 +62,7 @@ layout(push_constant) uniform Push {
 	uint statsoff; // stats[statsoff + row * CH + channel]
 	uint poff;     // part[poff + slot * CH + channel]
 	uint CH;       // channels of x
+	uint moff;     // RELU: the box's first unit in m's bound segment
 };
 
 shared vec4 sh1[WG];
@@ -133,6 +139,10 @@ void main() {
 			a2 += v * v;
 		} else {
 			vec4 d = VEC == 0 ? vec4(dy[dyoff + e]) : dyv[dyoff + e];
+			if (RELU != 0) {
+				vec4 out_ = VEC == 0 ? vec4(m[moff + e]) : mv[moff + e];
+				d = mix(vec4(0.0), d, greaterThan(out_, vec4(0.0)));
+			}
 			a1 += d;
 			a2 += d * (v - meanrel);
 		}

@@ -2,7 +2,8 @@
 // y[offY + i] = op(a[offA + i], b[offB + i]) for i < n. The operation is the
 // specialization constant OP, so each op is its own pipeline with no branch:
 //   0 add a+b, 1 sub a-b, 2 mul a*b, 3 scale alpha*a, 4 axpy a+alpha*b,
-//   5 relu gradient a*(b > 0) (a the output gradient, b relu's output).
+//   5 relu gradient a*(b > 0) (a the output gradient, b relu's output),
+//   6 add then relu max(a+b, 0) (a residual connection and its ReLU).
 // y may be the same memory as a or b (each element is read, then written, by
 // one invocation). Each workgroup covers WG*PER consecutive elements; element
 // k of an invocation is at stride WG, so neighbouring invocations touch
@@ -38,7 +39,8 @@ float op(float u, float v) {
 	case 2: return u * v;
 	case 3: return alpha * u;
 	case 4: return u + alpha * v;
-	default: return v > 0.0 ? u : 0.0;
+	case 5: return v > 0.0 ? u : 0.0;
+	default: return u + v < 0.0 ? 0.0 : u + v; // NaN stays NaN, as in PyTorch
 	}
 }
 
