@@ -284,14 +284,15 @@ const (
 	bnFlagParams   = 4
 )
 
-// Workgroup sizes of batchnorm_finalize.comp (one invocation per channel)
-// and batchnorm_apply.comp (bnTuning.applyPer units per invocation);
+// Workgroup sizes of batchnorm_finalize.comp (up to bnTuning.finalTY
+// invocations per channel, a power of 2 dividing it) and
+// batchnorm_apply.comp (bnTuning.applyPer units per invocation);
 // batchnorm_reduce.comp's is bnTuning.wg.
 const (
 	bnFinalGroup = 64
 	bnApplyGroup = 256
 	// bnMaxSlots bounds the Parts per channel that batchnorm_finalize.comp
-	// combines one by one.
+	// combines (each invocation of a channel one by one).
 	bnMaxSlots = 1024
 )
 
@@ -581,6 +582,7 @@ type bnTuning struct {
 	applyPer  int // units per invocation of batchnorm_apply.comp
 	perLane   int // values an invocation sums, at least (where there are)
 	minGroups int // workgroups to aim for, halving the chunks down to one row
+	finalTY   int // most invocations combining one channel's Parts in batchnorm_finalize.comp
 }
 
 // bnTuningEnv names the environment variable that picks the tuning of
@@ -604,9 +606,9 @@ func bnTuningFor(d *vk.Device) bnTuning {
 		cpu = false
 	}
 	if cpu {
-		return bnTuning{wg: 64, maxTY: 1, applyPer: 16, perLane: 4096, minGroups: 32}
+		return bnTuning{wg: 64, maxTY: 1, applyPer: 16, perLane: 4096, minGroups: 32, finalTY: 1}
 	}
-	return bnTuning{wg: 256, maxTY: 256, applyPer: 2, perLane: 64, minGroups: 1024}
+	return bnTuning{wg: 256, maxTY: 256, applyPer: 2, perLane: 64, minGroups: 1024, finalTY: 32}
 }
 
 // bnShape chooses the workgroup of batchnorm_reduce.comp for a box of rows x
@@ -797,7 +799,9 @@ func bnFinalize(s *vk.Stream, g bnGeom, mode int, parts *Tensor, nparts int, sta
 	}
 	push := Push{}.U32(uint32(g.c), uint32(nparts), offs[0]/4, offs[1], offs[2], offs[3], offs[4], offs[5], offs[6], offs[7], uint32(flags)).
 		F32(momentum, eps, float32(g.n*g.s))
-	return Launch(s, "batchnorm_finalize", []uint32{bnFinalGroup, uint32(mode)}, Grid(ceilDiv(g.c, bnFinalGroup)), push, args...)
+	// ty invocations per channel share its Parts (up to one each).
+	ty := min(bnTuningFor(s.Device()).finalTY, pow2AtLeast(max(nparts, 1)))
+	return Launch(s, "batchnorm_finalize", []uint32{bnFinalGroup, uint32(mode), uint32(ty)}, Grid(ceilDiv(g.c, bnFinalGroup/ty)), push, args...)
 }
 
 // bnApply records batchnorm_apply.comp in mode over x (and dy) into y:
