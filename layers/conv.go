@@ -318,8 +318,9 @@ func convGCD(a, b int) int {
 // outputs overlap nothing else.
 //
 // dw is a GEMM whose sum runs over every pixel of the batch. On GPUs it is
-// im2col and a GEMM (conv_im2col.go), except for 1x1 convolutions at stride
-// 1 without padding and operands that cross buffer segments: those run
+// im2col and a GEMM (conv_im2col.go; for 1x1 convolutions at stride 1
+// without padding, GEMMs straight from the input), except where operands
+// cross buffer segments: those run
 // conv_wgrad_tiled.comp (weight rows by output channels, the input gathered
 // at each weight's tap, the pixels cut into chunks that separate workgroups
 // sum into a temporary buffer, which Sum adds up). On
@@ -381,7 +382,11 @@ func conv2dBackwardWeight(s *vk.Stream, dw, db, x, g *Tensor, p ConvParams, cfg 
 		return fmt.Errorf("%s: the weight gradient overlaps an input; write it to another tensor", op)
 	}
 	done := false
-	if cfg.im2col != nil && !(cfg.pointwise && geo.pointwise()) {
+	switch {
+	case cfg.im2col == nil:
+	case cfg.pointwise && geo.pointwise():
+		done, err = cfg.im2col.pointwiseWeight(s, cfg.tmp, geo, dw, x, g)
+	default:
 		done, err = cfg.im2col.weight(s, cfg.tmp, geo, dw, x, g)
 	}
 	switch {
@@ -574,10 +579,11 @@ type convConfig struct {
 	// (convWgradByGather).
 	wgrad *convWgradKernel
 	// pointwise sends 1x1 stride-1 convolutions without padding through
-	// Gemm (forward and backward data).
+	// Gemm (forward and backward data) and, with im2col, their weight
+	// gradients through convIm2col.pointwiseWeight.
 	pointwise bool
-	// im2col runs the other forward and backward-data convolutions as
-	// im2col and GEMM (conv_im2col.go); nil: the gather kernel.
+	// im2col runs the other convolutions as im2col and GEMM
+	// (conv_im2col.go); nil: the gather kernel.
 	im2col *convIm2col
 	// tmp allocates the temporary buffers.
 	tmp convScratch
@@ -1006,9 +1012,11 @@ type convWgradKernel struct {
 }
 
 // chooseConvWgrad picks the weight-gradient kernel for a device:
-// conv_wgrad_tiled.comp on GPUs, whose pixels are cut into chunks until there
-// are about a thousand workgroups; nil on CPU devices, where the gather
-// kernel does the work (convWgradByGather).
+// conv_wgrad_tiled.comp on GPUs (where the GEMM convolutions of
+// conv_im2col.go cannot take an operand that crosses buffer segments), whose
+// pixels are cut into chunks until there are about a thousand workgroups;
+// nil on CPU devices, where the gather kernel does the work
+// (convWgradByGather).
 func chooseConvWgrad(info vk.DeviceInfo) *convWgradKernel {
 	if cpuKernels(info) {
 		return nil

@@ -142,6 +142,9 @@ func convCases() []convCase {
 		{n: 1, cin: 1, h: 1, w: 1, cout: 1, kh: 1, kw: 1, bias: true},
 		{n: 3, cin: 7, h: 5, w: 3, cout: 5, kh: 1, kw: 1},
 		{n: 3, cin: 17, h: 13, w: 13, cout: 7, kh: 1, kw: 1, bias: true},
+		// Enough pixels that the GPU weight gradient splits each image's
+		// sum in two with the default configuration (slices of 128).
+		{n: 2, cin: 3, h: 16, w: 16, cout: 5, kh: 1, kw: 1},
 		{n: 3, cin: 3, h: 7, w: 5, cout: 5, kh: 3, kw: 3, p: p(1, 1, 1, 1, 1, 1), bias: true},
 		{n: 1, cin: 17, h: 13, w: 11, cout: 7, kh: 3, kw: 3, p: p(2, 2, 1, 1, 1, 1)},
 		{n: 3, cin: 5, h: 11, w: 13, cout: 37, kh: 7, kw: 7, p: p(2, 2, 3, 3, 1, 1), bias: true},

@@ -28,6 +28,7 @@ type gemmOperand struct {
 	t        *Tensor
 	s0, s1   int // strides of (m, k) for A, (k, n) for B, (m, n) for C
 	batch    int // stride between batches, 0 for a shared 2-D operand
+	inner    int // stride between the inner batches of a split batch (gemmProblem.inner)
 	writable bool
 }
 
@@ -42,6 +43,18 @@ func (o gemmOperand) span(z, i0, i1, j0, j1 int) (first, count int) {
 type gemmProblem struct {
 	m, n, k, batch int
 	a, b, c        gemmOperand
+	// inner, when above 1, splits the batches as z = zo*inner + zi: an
+	// operand's batch z is at zo*batch + zi*inner. gemm_tiled only, with
+	// every operand in one buffer segment.
+	inner int
+}
+
+// at returns the element offset of operand o's batch z.
+func (p *gemmProblem) at(o gemmOperand, z int) int {
+	if p.inner > 1 {
+		return z/p.inner*o.batch + z%p.inner*o.inner
+	}
+	return z * o.batch
 }
 
 // matrixDims returns the batch (1 for a 2-D tensor), rows and columns of a
@@ -262,6 +275,9 @@ func (p *gemmProblem) record(s *vk.Stream, k gemmKernel, alpha, beta float32) er
 			whole = false
 		}
 	}
+	if p.inner > 1 && (!whole || k.name != "gemm_tiled" || p.batch > maxBatchGroups) {
+		return fmt.Errorf("gemm: internal error: split batches need gemm_tiled, at most %d batches and operands in one buffer segment", maxBatchGroups)
+	}
 	if whole {
 		for z0 := 0; z0 < p.batch; z0 += maxBatchGroups {
 			nz := min(maxBatchGroups, p.batch-z0)
@@ -413,7 +429,7 @@ func (p *gemmProblem) dispatch(s *vk.Stream, k gemmKernel, bx box, z0, nz int, a
 	} else {
 		// The whole problem: bind from the first batch's origin to the end.
 		for i, o := range ops {
-			r[i][0] = z0 * o.batch
+			r[i][0] = p.at(o, z0)
 			r[i][1] = o.t.Len() - r[i][0]
 		}
 	}
@@ -455,6 +471,7 @@ func (p *gemmProblem) dispatch(s *vk.Stream, k gemmKernel, bx box, z0, nz int, a
 	pc := Push{}.U32(uint32(mp), uint32(np), uint32(kp)).U32(offs...).
 		I32(p.a.s0, p.a.s1, p.b.s0, p.b.s1, p.c.s0, p.c.s1).
 		I32(p.a.batch, p.b.batch, p.c.batch).
-		U32(uint32(tilesM)).F32(alpha, beta)
+		U32(uint32(tilesM)).F32(alpha, beta).
+		U32(uint32(max(1, p.inner))).I32(p.a.inner, p.b.inner, p.c.inner)
 	return Launch(s, k.name, spec, groups, pc, args...)
 }

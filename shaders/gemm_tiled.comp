@@ -1,6 +1,9 @@
 #version 450
 // GEMM for GPUs, batched and strided, with the push constants of gemm.comp:
 //   C[z][m][n] = alpha * sum_k A[z][m][k] * B[z][k][n] + beta * C[z][m][n]
+// and two more: batch z may be split as z = zo * zq + zi, its operands then
+// at zo * (batch stride) + zi * (inner stride) (the slices of each image's
+// pixels of a 1x1 convolution's weight gradient); zq = 1 for plain batches.
 // A workgroup computes a BM x BN tile of C. Per step of BK along K it
 // stages a BK x BM slice of A and a BK x BN slice of B in shared memory
 // (zeros past the edges), loaded into registers one step ahead, and every
@@ -34,6 +37,8 @@ layout(push_constant) uniform Push {
 	uint saz, sbz, scz;
 	uint tilesM;
 	float alpha, beta;
+	uint zq;
+	uint saq, sbq, scq;
 };
 
 // Rows of the slices are padded by one vec4: the stores of an operand whose
@@ -50,7 +55,7 @@ void main() {
 	const uint WN = BN / TN;
 	const uint g = group_index();
 	const uint tm = g % tilesM, tn = g / tilesM;
-	const uint z = gl_WorkGroupID.z;
+	const uint zo = gl_WorkGroupID.z / zq, zi = gl_WorkGroupID.z - zo * zq;
 	const uint m0 = tm * BM, n0 = tn * BN;
 	if (n0 >= N) {
 		return; // surplus workgroup of the 2-D grid: the whole group leaves
@@ -76,7 +81,7 @@ void main() {
 		}
 		const bool ok = e < BK * BM && m0 + mm < M;
 		sA[u] = e < BK * BM ? (kk * LA4 + mm / 4) * 4 + mm % 4 : ~0u;
-		gA[u] = ok ? aoff + z * saz + (m0 + mm) * sam + kk * sak : ~0u;
+		gA[u] = ok ? aoff + zo * saz + zi * saq + (m0 + mm) * sam + kk * sak : ~0u;
 		kA[u] = kk;
 	}
 	[[unroll]] for (uint u = 0; u < PB; u++) {
@@ -91,7 +96,7 @@ void main() {
 		}
 		const bool ok = e < BK * BN && n0 + nn < N;
 		sB[u] = e < BK * BN ? (kk * LB4 + nn / 4) * 4 + nn % 4 : ~0u;
-		gB[u] = ok ? boff + z * sbz + kk * sbk + (n0 + nn) * sbn : ~0u;
+		gB[u] = ok ? boff + zo * sbz + zi * sbq + kk * sbk + (n0 + nn) * sbn : ~0u;
 		kB[u] = kk;
 	}
 
@@ -152,7 +157,7 @@ void main() {
 		barrier();
 	}
 
-	const uint cbase = coff + z * scz;
+	const uint cbase = coff + zo * scz + zi * scq;
 	[[unroll]] for (uint i = 0; i < TM; i++) {
 		const uint m = m0 + ty * TM + i;
 		[[unroll]] for (uint j = 0; j < TN; j++) {
