@@ -10,9 +10,10 @@ import (
 
 // convShapes are ResNet-50 layers at batch 8 and 224 px (the stem, the three
 // convolutions of a bottleneck at 56x56, the stride-2 3x3 of the second
-// stage, 3x3 layers of the later stages, the stride-2 1x1 projection of the
-// last stage) and the 3x3 layer of ResNet-18 at 32 px, batch 64, written
-// "NxCinxHxW-CoutxKHxKW-sSpP".
+// stage, 3x3 layers of the later stages, the 1x1 reduction of the third
+// stage and expansion of the last, the stride-2 1x1 projection of the last
+// stage) and the 3x3 layer of ResNet-18 at 32 px, batch 64, written
+// "NxCinxHxW-CoutxKHxKW-sSpP". torch_bench.py's CONV_SHAPES lists the same.
 var convShapes = []string{
 	"8x3x224x224-64x7x7-s2p3",
 	"8x64x56x56-64x1x1-s1p0",
@@ -21,6 +22,8 @@ var convShapes = []string{
 	"8x128x56x56-128x3x3-s2p1",
 	"8x256x14x14-256x3x3-s1p1",
 	"8x512x7x7-512x3x3-s1p1",
+	"8x1024x14x14-256x1x1-s1p0",
+	"8x512x7x7-2048x1x1-s1p0",
 	"8x1024x14x14-2048x1x1-s2p0",
 	"64x64x32x32-64x3x3-s1p1",
 }

@@ -54,7 +54,8 @@ E2MC_SHAPES = [(512, 8192), (256, 128), (4096, 2048)]
 # The convolution shapes of tools/vkbench/cases_conv.go.
 CONV_SHAPES = ["8x3x224x224-64x7x7-s2p3", "8x64x56x56-64x1x1-s1p0", "8x64x56x56-64x3x3-s1p1",
                "8x64x56x56-256x1x1-s1p0", "8x128x56x56-128x3x3-s2p1", "8x256x14x14-256x3x3-s1p1",
-               "8x512x7x7-512x3x3-s1p1", "8x1024x14x14-2048x1x1-s2p0", "64x64x32x32-64x3x3-s1p1"]
+               "8x512x7x7-512x3x3-s1p1", "8x1024x14x14-256x1x1-s1p0", "8x512x7x7-2048x1x1-s1p0",
+               "8x1024x14x14-2048x1x1-s2p0", "64x64x32x32-64x3x3-s1p1"]
 
 
 def m_spacings(x):
