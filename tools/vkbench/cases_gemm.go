@@ -8,14 +8,17 @@ import (
 	"github.com/e2mcvk/e2mcvk/vk"
 )
 
-// gemmCases are square GEMMs and the shape of a ResNet-50 1x1 convolution at
-// 56x56 (3136 pixels, 64 to 256 channels).
+// gemmCases are square GEMMs, the shape of a ResNet-50 1x1 convolution at
+// 56x56 (3136 pixels, 64 to 256 channels) and a skinny one: a batch of 8
+// rows through an 8192-wide linear layer (VICReg's expander at batch 8),
+// which fills an eighth of a 64-row tile.
 func gemmCases() []benchCase {
 	return []benchCase{
 		gemmCase(256, 256, 256),
 		gemmCase(1024, 1024, 1024),
 		gemmCase(2048, 2048, 2048),
 		gemmCase(3136, 256, 64),
+		gemmCase(8, 8192, 8192),
 	}
 }
 

@@ -208,13 +208,13 @@ func TestCaseTable(t *testing.T) {
 		}
 		seen[c.id()] = true
 	}
-	for _, id := range []string{"gemm/256x256x256", "gemm/1024x1024x1024", "gemm/2048x2048x2048", "gemm/3136x256x64", "copy/4096x4096"} {
+	for _, id := range []string{"gemm/256x256x256", "gemm/1024x1024x1024", "gemm/2048x2048x2048", "gemm/3136x256x64", "gemm/8x8192x8192", "copy/4096x4096"} {
 		if !seen[id] {
 			t.Errorf("no case %s", id)
 		}
 	}
 	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"--list", "--filter", "^gemm/"}, &out, &errOut, allCases()); code != 0 || strings.Count(out.String(), "\n") != 4 {
+	if code := run(context.Background(), []string{"--list", "--filter", "^gemm/"}, &out, &errOut, allCases()); code != 0 || strings.Count(out.String(), "\n") != len(gemmCases()) {
 		t.Errorf("--list --filter ^gemm/: status %d, stdout %q, stderr %q", code, out.String(), errOut.String())
 	}
 }

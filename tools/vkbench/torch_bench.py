@@ -48,7 +48,7 @@ except ImportError:
     sys.exit("torch_bench.py: PyTorch is not installed for %s; run it with "
              "/usr/bin/python3 after tools/setup.sh (python3-torch)" % sys.executable)
 
-GEMM_SHAPES = [(256, 256, 256), (1024, 1024, 1024), (2048, 2048, 2048), (3136, 256, 64)]
+GEMM_SHAPES = [(256, 256, 256), (1024, 1024, 1024), (2048, 2048, 2048), (3136, 256, 64), (8, 8192, 8192)]
 COPY_SHAPES = [(4096, 4096)]
 E2MC_SHAPES = [(512, 8192), (256, 128), (4096, 2048)]
 # The convolution shapes of tools/vkbench/cases_conv.go.
