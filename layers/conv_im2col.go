@@ -55,9 +55,8 @@ func chooseConvIm2col(info vk.DeviceInfo) *convIm2col {
 	return &convIm2col{
 		gemm:   gpuGemmKernel(info),
 		colCap: 64 << 20, // 256 MiB of float32
-		// Four 64x64 tiles of 256 invocations per multiprocessor of a
-		// large GPU (an H100 has 132).
-		targetGroups: 512, minSlice: 128, maxSlices: 16, maxWeightSlices: 64,
+		// As Gemm's split sums.
+		targetGroups: gemmSplitTarget, minSlice: gemmSplitMinSlice, maxSlices: gemmSplitMost, maxWeightSlices: 64,
 	}
 }
 
@@ -78,14 +77,7 @@ const maxGridPixels = maxGroupsX * convIm2colWG
 // terms into for a GEMM of groups workgroups: a divisor of k, so every slice
 // is as long.
 func (c *convIm2col) slices(k, groups, most int) int {
-	want := min(most, ceilDiv(c.targetGroups, groups))
-	best := 1
-	for s := 2; s <= want && k/s >= c.minSlice; s++ {
-		if k%s == 0 {
-			best = s
-		}
-	}
-	return best
+	return splitSlices(k, groups, most, c.targetGroups, c.minSlice)
 }
 
 // im2colPass is the geometry of one chunk of images shared by the kernels.
@@ -101,20 +93,6 @@ func (c im2colPass) pixels() int { return c.nb * c.g.ho * c.g.wo }
 func (c im2colPass) taps() Push {
 	p := c.g.p
 	return Push{}.I32(p.Stride[0], p.Stride[1], -p.Padding[0], -p.Padding[1], p.Dilation[0], p.Dilation[1])
-}
-
-// fitsOne reports whether every tensor lies in one buffer segment (the
-// kernels below bind each operand whole).
-func fitsOne(ts ...*Tensor) bool {
-	for _, t := range ts {
-		if t == nil {
-			continue
-		}
-		if _, _, ok := t.locate(0, t.Len(), false); !ok {
-			return false
-		}
-	}
-	return true
 }
 
 // chunks returns the chunks of g's images, or nil where an operand does not

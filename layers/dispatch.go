@@ -168,6 +168,20 @@ func Bind(t *Tensor, write bool) (vk.Arg, uint32, error) {
 	return arg, rel, nil
 }
 
+// fitsOne reports whether every tensor lies in one buffer segment (kernels that
+// bind each operand whole).
+func fitsOne(ts ...*Tensor) bool {
+	for _, t := range ts {
+		if t == nil {
+			continue
+		}
+		if _, _, ok := t.locate(0, t.Len(), false); !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // kernelsEnv names the environment variable that makes the convolution and
 // GEMM kernels those of another kind of device ("cpu" or "gpu"), so that
 // the GPU kernels can be tested on lavapipe and the other way round.

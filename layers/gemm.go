@@ -19,7 +19,78 @@ func Gemm(s *vk.Stream, alpha float32, a *Tensor, transA bool, b *Tensor, transB
 		return fmt.Errorf("gemm: the tensors and the stream belong to different devices")
 	}
 	k := chooseGemmKernel(d.Info, p.m, p.n)
+	if done, err := p.recordSplit(s, k, alpha, beta, gemmSplitTarget, gemmSplitMinSlice, gemmSplitMost); done || err != nil {
+		return err
+	}
 	return p.record(s, k, alpha, beta)
+}
+
+// Split sums of gemm_tiled: a GEMM whose output tiles cannot fill the
+// device has its sum cut into equal slices of at least gemmSplitMinSlice
+// terms, at most gemmSplitMost, until there are about gemmSplitTarget
+// workgroups (four 64x64 tiles of 256 invocations per multiprocessor of a
+// large GPU: an H100 has 132). Why: a linear layer at a small batch (8 rows
+// through 8192-wide layers, VICReg's expander) has 128 output tiles, each
+// walking all 8192 terms of the sum in one workgroup.
+const (
+	gemmSplitTarget   = 512
+	gemmSplitMinSlice = 128
+	gemmSplitMost     = 16
+)
+
+// splitSlices returns the number of slices, at most most, to split a sum of
+// k terms into for a GEMM of groups workgroups so that there are about
+// target: a divisor of k (every slice as long) whose slices have at least
+// minSlice terms, or 1.
+func splitSlices(k, groups, most, target, minSlice int) int {
+	want := min(most, ceilDiv(target, groups))
+	best := 1
+	for s := 2; s <= want && k/s >= minSlice; s++ {
+		if k%s == 0 {
+			best = s
+		}
+	}
+	return best
+}
+
+// recordSplit records the GEMM with its sum split (splitSlices with target,
+// minSlice and most) where that pays: with gemm_tiled, beta = 0, C
+// row-major and every operand in one buffer segment. All slices of all
+// batches are one split-batch dispatch into a temporary [batch, slices, m,
+// n], which Sum adds into C. done is false (nothing recorded) where the sum
+// is not split.
+func (p *gemmProblem) recordSplit(s *vk.Stream, k gemmKernel, alpha, beta float32, target, minSlice, most int) (done bool, err error) {
+	if k.name != "gemm_tiled" || beta != 0 || p.inner > 1 || p.c.s0 != p.n || p.c.s1 != 1 {
+		return false, nil
+	}
+	sl := splitSlices(p.k, ceilDiv(p.m, k.tileM)*ceilDiv(p.n, k.tileN)*p.batch, most, target, minSlice)
+	if sl == 1 || p.batch*sl > maxBatchGroups || !fitsOne(p.a.t, p.b.t, p.c.t) ||
+		int64(p.batch*sl)*int64(p.m*p.n)*4 > s.Device().SegmentLimit() {
+		return false, nil
+	}
+	part, err := New(s.Device(), p.batch, sl, p.m, p.n)
+	if err != nil {
+		return true, fmt.Errorf("gemm: split sums: %w", err)
+	}
+	s.AfterRun(part.Release)
+	if !fitsOne(part) {
+		return false, nil
+	}
+	// Batch z*sl + j is slice j of batch z: A's and B's terms from j*ks.
+	ks := p.k / sl
+	q := *p
+	q.k, q.batch, q.inner = ks, p.batch*sl, sl
+	q.a.inner = ks * p.a.s1 // A is (m, k): k at stride s1
+	q.b.inner = ks * p.b.s0 // B is (k, n): k at stride s0
+	q.c = gemmOperand{t: part, s0: p.n, s1: 1, batch: sl * p.m * p.n, inner: p.m * p.n, writable: true}
+	if err := q.record(s, k, alpha, 0); err != nil {
+		return true, err
+	}
+	c3, err := p.c.t.Reshape(p.batch, p.m, p.n)
+	if err != nil {
+		return true, err
+	}
+	return true, Sum(s, c3, part, 1)
 }
 
 // gemmOperand is one matrix of a GEMM: its tensor and the element strides of

@@ -122,6 +122,22 @@ func gemmReference(c gemmCase, ha, hb, hc []float32) []float64 {
 // float64 reference.
 func runGemmCase(t *testing.T, d *vk.Device, c gemmCase, kern *gemmKernel) {
 	t.Helper()
+	runGemmWith(t, d, c, func(s *vk.Stream, a, b, out *Tensor) error {
+		if kern == nil {
+			return Gemm(s, c.alpha, a, c.transA, b, c.transB, c.beta, out)
+		}
+		p, err := newGemmProblem(a, c.transA, b, c.transB, out)
+		if err != nil {
+			return err
+		}
+		return p.record(s, *kern, c.alpha, c.beta)
+	})
+}
+
+// runGemmWith runs one GEMM case by record on random operands (C all NaN
+// when beta is 0) and compares with the float64 reference.
+func runGemmWith(t *testing.T, d *vk.Device, c gemmCase, record func(s *vk.Stream, a, b, out *Tensor) error) {
+	t.Helper()
 	sa, sb, sc := c.shapes()
 	seed := uint64(c.m*1000003 + c.n*1009 + c.k)
 	ha, hb, hc := randn(seed, numel(sa)), randn(seed+1, numel(sb)), randn(seed+2, numel(sc))
@@ -132,18 +148,8 @@ func runGemmCase(t *testing.T, d *vk.Device, c gemmCase, kern *gemmKernel) {
 	}
 	a, b, out := upload(t, d, ha, sa...), upload(t, d, hb, sb...), upload(t, d, hc, sc...)
 	s := stream(t, d)
-	if kern == nil {
-		if err := Gemm(s, c.alpha, a, c.transA, b, c.transB, c.beta, out); err != nil {
-			t.Fatal(err)
-		}
-	} else {
-		p, err := newGemmProblem(a, c.transA, b, c.transB, out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.record(s, *kern, c.alpha, c.beta); err != nil {
-			t.Fatal(err)
-		}
+	if err := record(s, a, b, out); err != nil {
+		t.Fatal(err)
 	}
 	assertClose(t, "gemm", run(t, s, out), gemmReference(c, ha, hb, hc), 1e-5)
 }
@@ -215,6 +221,53 @@ func TestGemmVariants(t *testing.T) {
 			} {
 				t.Run(dev.name+"/"+k.name+"/"+c.String(), func(t *testing.T) { runGemmCase(t, dev.dev, c, &k) })
 			}
+		}
+	}
+}
+
+// TestGemmSplit runs gemm_tiled with its sum split into as many slices as
+// the K extent has divisors up to 16 (Gemm splits only where the output
+// tiles cannot fill a GPU and slices have at least 128 terms): prime and
+// composite K, transposes, shared and per-batch operands, alpha. A K
+// without a divisor (1, a prime) must be left to record, as must operands
+// or a temporary that cross buffer segments.
+func TestGemmSplit(t *testing.T) {
+	for _, dev := range testDevices(t) {
+		k := gpuGemmKernel(dev.dev.Info)
+		for _, c := range []gemmCase{
+			{m: 1, n: 1, k: 1, alpha: 1},
+			{m: 3, n: 5, k: 13, alpha: 1},
+			{m: 8, n: 70, k: 96, transB: true, alpha: 1},
+			{m: 33, n: 17, k: 60, transA: true, alpha: -0.5},
+			{m: 9, n: 21, k: 36, batch: 3, a3: true, transA: true, transB: true, alpha: 1},
+			{m: 5, n: 19, k: 30, batch: 2, b3: true, alpha: 2},
+			{m: 4, n: 9, k: 4096, transA: true, alpha: 1, wholeOnly: true},
+		} {
+			if c.wholeOnly && dev.name != "whole" {
+				continue
+			}
+			t.Run(dev.name+"/"+c.String(), func(t *testing.T) {
+				runGemmWith(t, dev.dev, c, func(s *vk.Stream, a, b, out *Tensor) error {
+					p, err := newGemmProblem(a, c.transA, b, c.transB, out)
+					if err != nil {
+						return err
+					}
+					done, err := p.recordSplit(s, k, c.alpha, c.beta, 1<<20, 1, 16)
+					if err != nil {
+						return err
+					}
+					// On the whole device everything fits one segment, so
+					// only a K without a divisor is left unsplit. (On the
+					// split device the temporary may not fit one.)
+					if want := splitSlices(c.k, 1, 16, 1<<20, 1) > 1; dev.name == "whole" && done != want {
+						t.Errorf("split: %v, want %v", done, want)
+					}
+					if !done {
+						return p.record(s, k, c.alpha, c.beta)
+					}
+					return nil
+				})
+			})
 		}
 	}
 }
