@@ -8,7 +8,9 @@ import (
 
 // Gemm records C = alpha*op(A)*op(B) + beta*C, where op(X) is X or its
 // transpose. A, B and C are contiguous 2-D [rows, cols] or 3-D
-// [batch, rows, cols] tensors; a 2-D operand is shared by every batch.
+// [batch, rows, cols] tensors; a 2-D operand is shared by every batch. On
+// GPUs a GEMM too small to fill the device is computed in slices of its
+// sum that Sum adds up (recordSplit).
 func Gemm(s *vk.Stream, alpha float32, a *Tensor, transA bool, b *Tensor, transB bool, beta float32, c *Tensor) error {
 	p, err := newGemmProblem(a, transA, b, transB, c)
 	if err != nil {
@@ -60,7 +62,8 @@ func splitSlices(k, groups, most, target, minSlice int) int {
 // n], which Sum adds into C. done is false (nothing recorded) where the sum
 // is not split.
 func (p *gemmProblem) recordSplit(s *vk.Stream, k gemmKernel, alpha, beta float32, target, minSlice, most int) (done bool, err error) {
-	if k.name != "gemm_tiled" || beta != 0 || p.inner > 1 || p.c.s0 != p.n || p.c.s1 != 1 {
+	rowMajor := p.c.s0 == p.n && p.c.s1 == 1 && (p.batch == 1 || p.c.batch == p.m*p.n)
+	if k.name != "gemm_tiled" || beta != 0 || p.inner > 1 || !rowMajor {
 		return false, nil
 	}
 	sl := splitSlices(p.k, ceilDiv(p.m, k.tileM)*ceilDiv(p.n, k.tileN)*p.batch, most, target, minSlice)
