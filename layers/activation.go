@@ -37,8 +37,9 @@ func (tp *Tape) Add(a, b *Var) *Var {
 
 // AddRelu returns relu(a + b) for values of one shape, as one op: the
 // residual connection of a ResNet block with the ReLU after it. Forward it
-// is one pass instead of two; backward the masked gradient is made once
-// and copied for the second input (two dispatches instead of three).
+// is one pass instead of two; backward one pass writes the masked gradient
+// twice, once for each input (which takes it over: Backward adds into it),
+// where Relu and Add took three.
 func (tp *Tape) AddRelu(a, b *Var) *Var {
 	if !tp.ok(a, b) {
 		return nil
@@ -49,19 +50,24 @@ func (tp *Tape) AddRelu(a, b *Var) *Var {
 	}
 	tp.Fail("add and relu", binaryOp(tp.s, binAddRelu, y, a.Value, b.Value, 0))
 	return tp.record(y, []*Var{a, b}, func(g *Tensor) []*Tensor {
-		da := tp.alloc("add and relu backward", g.shape...)
+		const op = "add and relu backward"
+		da := tp.alloc(op, g.shape...)
 		if da == nil {
 			return nil
 		}
-		tp.Fail("add and relu backward", binaryOp(tp.s, binReluGrad, da, g, y, 0))
-		switch {
-		case !b.requiresGrad:
+		if !a.requiresGrad || !b.requiresGrad {
+			tp.Fail(op, binaryOp(tp.s, binReluGrad, da, g, y, 0))
+			if !a.requiresGrad {
+				return []*Tensor{nil, da}
+			}
 			return []*Tensor{da, nil}
-		case !a.requiresGrad:
-			return []*Tensor{nil, da}
 		}
-		// Each input takes its gradient over (Backward adds into it).
-		return []*Tensor{da, tp.clone(da)}
+		db := tp.alloc(op, g.shape...)
+		if db == nil {
+			return nil
+		}
+		tp.Fail(op, binaryOpInto(tp.s, binReluGrad2, da, db, g, y, 0))
+		return []*Tensor{da, db}
 	})
 }
 

@@ -25,9 +25,10 @@ const (
 	binAxpy
 	binReluGrad
 	binAddRelu
+	binReluGrad2 // binReluGrad into two outputs (binaryOpInto)
 )
 
-var binNames = [...]string{"add", "sub", "mul", "scale", "axpy", "relu gradient", "add and relu"}
+var binNames = [...]string{"add", "sub", "mul", "scale", "axpy", "relu gradient", "add and relu", "relu gradient"}
 
 // fours returns the V4 specialization constant of the elementwise kernels
 // (binary.comp, unary.comp, optim_step.comp) and the elements an
@@ -44,15 +45,27 @@ func fours(offs []uint32) (v4 uint32, per int) {
 
 // binaryOp records y = op(a, b) over contiguous tensors of equal shape.
 func binaryOp(s *vk.Stream, op int, y, a, b *Tensor, alpha float32) error {
-	if !slices.Equal(y.shape, a.shape) || !slices.Equal(y.shape, b.shape) {
-		return fmt.Errorf("%s: shapes %v, %v and %v differ", binNames[op], y.shape, a.shape, b.shape)
+	return binaryOpInto(s, op, y, nil, a, b, alpha)
+}
+
+// binaryOpInto is binaryOp that also writes z (binReluGrad2 only; nil
+// otherwise, when y is bound in its place).
+func binaryOpInto(s *vk.Stream, op int, y, z, a, b *Tensor, alpha float32) error {
+	if !slices.Equal(y.shape, a.shape) || !slices.Equal(y.shape, b.shape) || (z != nil && !slices.Equal(y.shape, z.shape)) {
+		return fmt.Errorf("%s: the operands' shapes differ", binNames[op])
 	}
-	ops := []operand{{a, false}, {b, false}, {y, true}}
+	if (z != nil) != (op == binReluGrad2) {
+		return fmt.Errorf("%s: a second output is for binReluGrad2 only", binNames[op])
+	}
+	if z == nil {
+		z = y
+	}
+	ops := []operand{{a, false}, {b, false}, {y, true}, {z, true}}
 	err := elementwise(y.Len(), ops, func(n int, args []vk.Arg, offs []uint32) error {
 		v4, per := fours(offs)
 		return Launch(s, "binary", []uint32{elementGroup, elementsPer, uint32(op), v4},
 			Grid(ceilDiv(ceilDiv(n, per), elementGroup*elementsPer)),
-			Push{}.U32(uint32(n), offs[0], offs[1], offs[2]).F32(alpha), args...)
+			Push{}.U32(uint32(n), offs[0], offs[1], offs[2]).F32(alpha).U32(offs[3]), args...)
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", binNames[op], err)

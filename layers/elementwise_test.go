@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -56,6 +57,43 @@ func TestBinary(t *testing.T) {
 						t.Fatal(err)
 					}
 					assertClose(t, c.name, run(t, s, y), want, elementTol)
+				})
+			}
+		}
+	}
+}
+
+// TestBinaryTwoOutputs checks binReluGrad2, the ReLU gradient written to
+// two outputs (AddRelu's backward), on every elementwise shape (crossing
+// segments on the split device), with the second output on and off the
+// vec4 grid.
+func TestBinaryTwoOutputs(t *testing.T) {
+	for _, dev := range testDevices(t) {
+		for _, shape := range elementShapes {
+			for _, shift := range []int{0, 1} {
+				t.Run(fmt.Sprintf("%s/%v/shift%d", dev.name, shape, shift), func(t *testing.T) {
+					n := elemCount(shape)
+					hg, hm := randn(uint64(n)+5, n), randn(uint64(n)+6, n)
+					want := make([]float64, n)
+					for i := range want {
+						if hm[i] > 0 {
+							want[i] = float64(hg[i])
+						}
+					}
+					g, m := upload(t, dev.dev, hg, n), upload(t, dev.dev, hm, n)
+					y := empty(t, dev.dev, n)
+					zAll := empty(t, dev.dev, n+shift)
+					z := zAll.Narrow(0, shift, n)
+					s := stream(t, dev.dev)
+					if err := binaryOpInto(s, binReluGrad2, y, z, g, m, 0); err != nil {
+						t.Fatal(err)
+					}
+					assertClose(t, "y", run(t, s, y), want, 0)
+					got, err := zAll.Download(context.Background())
+					if err != nil {
+						t.Fatal(err)
+					}
+					assertClose(t, "z", got[shift:], want, 0)
 				})
 			}
 		}

@@ -3,7 +3,10 @@
 // specialization constant OP, so each op is its own pipeline with no branch:
 //   0 add a+b, 1 sub a-b, 2 mul a*b, 3 scale alpha*a, 4 axpy a+alpha*b,
 //   5 relu gradient a*(b > 0) (a the output gradient, b relu's output),
-//   6 add then relu max(a+b, 0) (a residual connection and its ReLU).
+//   6 add then relu max(a+b, 0) (a residual connection and its ReLU),
+//   7 relu gradient as 5, written to y and to a second output z (the two
+//     inputs' gradients of a residual add with its ReLU, each taken over
+//     by its own input).
 // y may be the same memory as a or b (each element is read, then written, by
 // one invocation). Each workgroup covers WG*PER consecutive elements; element
 // k of an invocation is at stride WG, so neighbouring invocations touch
@@ -24,12 +27,15 @@ layout(binding = 1) readonly buffer B { float b[]; };
 layout(binding = 1) readonly buffer B4 { vec4 b4[]; };
 layout(binding = 2) writeonly buffer Y { float y[]; };
 layout(binding = 2) writeonly buffer Y4 { vec4 y4[]; };
+layout(binding = 3) writeonly buffer Z { float z[]; };
+layout(binding = 3) writeonly buffer Z4 { vec4 z4[]; };
 layout(push_constant) uniform Push {
 	uint n;
 	uint offA;
 	uint offB;
 	uint offY;
 	float alpha;
+	uint offZ; // OP 7
 };
 
 float op(float u, float v) {
@@ -39,8 +45,15 @@ float op(float u, float v) {
 	case 2: return u * v;
 	case 3: return alpha * u;
 	case 4: return u + alpha * v;
-	case 5: return v > 0.0 ? u : 0.0;
-	default: return u + v < 0.0 ? 0.0 : u + v; // NaN stays NaN, as in PyTorch
+	case 6: return u + v < 0.0 ? 0.0 : u + v; // NaN stays NaN, as in PyTorch
+	default: return v > 0.0 ? u : 0.0; // 5 and 7
+	}
+}
+
+void put(uint i, float r) {
+	y[offY + i] = r;
+	if (OP == 7) {
+		z[offZ + i] = r;
 	}
 }
 
@@ -51,14 +64,18 @@ void main() {
 		uint i = base + k * WG;
 		if (!V4) {
 			if (i < n_) {
-				y[offY + i] = op(a[offA + i], b[offB + i]);
+				put(i, op(a[offA + i], b[offB + i]));
 			}
 		} else if (4 * i + 3 < n_) {
 			const vec4 u = a4[offA / 4 + i], v = b4[offB / 4 + i];
-			y4[offY / 4 + i] = vec4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w));
+			const vec4 r = vec4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w));
+			y4[offY / 4 + i] = r;
+			if (OP == 7) {
+				z4[offZ / 4 + i] = r;
+			}
 		} else {
 			for (uint e = 4 * i; e < n_; e++) {
-				y[offY + e] = op(a[offA + e], b[offB + e]);
+				put(e, op(a[offA + e], b[offB + e]));
 			}
 		}
 	}
