@@ -67,6 +67,8 @@ func (p *gemmProblem) recordSplit(s *vk.Stream, k gemmKernel, alpha, beta float3
 		return false, nil
 	}
 	sl := splitSlices(p.k, ceilDiv(p.m, k.tileM)*ceilDiv(p.n, k.tileN)*p.batch, most, target, minSlice)
+	// The temporary is rows of n: no larger than a segment, it lies in one
+	// (New cuts segments at whole rows).
 	if sl == 1 || p.batch*sl > maxBatchGroups || !fitsOne(p.a.t, p.b.t, p.c.t) ||
 		int64(p.batch*sl)*int64(p.m*p.n)*4 > s.Device().SegmentLimit() {
 		return false, nil
@@ -76,9 +78,6 @@ func (p *gemmProblem) recordSplit(s *vk.Stream, k gemmKernel, alpha, beta float3
 		return true, fmt.Errorf("gemm: split sums: %w", err)
 	}
 	s.AfterRun(part.Release)
-	if !fitsOne(part) {
-		return false, nil
-	}
 	// Batch z*sl + j is slice j of batch z: A's and B's terms from j*ks.
 	ks := p.k / sl
 	q := *p

@@ -304,8 +304,10 @@ func TestTrainerReplicasMatchOneDevice(t *testing.T) {
 			ctx := context.Background()
 			one := newTrainerForTest(t, []*vk.Device{vktest.Device(t)}, nil, c.newMethod, c.newRegularizer)
 			two := newTrainerForTest(t, trainerDevices(t, 2), nil, c.newMethod, c.newRegularizer)
+			// The directions of the one-ulp nudges: up and down.
+			dirs := []float32{float32(math.Inf(1)), float32(math.Inf(-1))}
 			var nudged []*Trainer
-			for range trainerNudges {
+			for range dirs {
 				nudged = append(nudged, newTrainerForTest(t, []*vk.Device{vktest.Device(t)}, nil, c.newMethod, c.newRegularizer))
 			}
 			trainerCompare(t, "start", trainerState(t, two, 0), trainerState(t, one, 0), 0, 0)
@@ -323,7 +325,7 @@ func TestTrainerReplicasMatchOneDevice(t *testing.T) {
 					t.Errorf("step %d: iterations %d and %d", step, r1.Iteration, r2.Iteration)
 				}
 				var rn []*StepResult
-				for i, dir := range trainerNudges {
+				for i, dir := range dirs {
 					r, err := nudged[i].Step(ctx, trainerNudge(b, dir), 0)
 					if err != nil {
 						t.Fatal(err)
@@ -367,10 +369,6 @@ func TestTrainerReplicasMatchOneDevice(t *testing.T) {
 		})
 	}
 }
-
-// trainerNudges are the directions of the one-ulp nudges of the
-// equivalence test's noise measurement: up and down.
-var trainerNudges = []float32{float32(math.Inf(1)), float32(math.Inf(-1))}
 
 // trainerNudge returns a copy of b with every value one ulp towards dir.
 func trainerNudge(b *loader.Batch, dir float32) *loader.Batch {
